@@ -1,0 +1,433 @@
+"""Notes: a small Flask + PostgreSQL web service.
+
+Read top to bottom: configuration -> database -> routes -> error handlers -> command-line entry.
+
+    gunicorn -c gunicorn.conf.py app:app    # serve
+    flask --app app migrate                 # create or upgrade the schema
+"""
+
+import atexit
+import json
+import logging
+import os
+import re
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import click
+import psycopg
+from flask import Flask, Response, abort, g, has_request_context, request, url_for
+from psycopg.conninfo import conninfo_to_dict
+from psycopg_pool import ConnectionPool
+from werkzeug.exceptions import BadRequest, HTTPException
+from werkzeug.routing import IntegerConverter
+
+# ---------------------------------------------------------------------------------------------- configuration
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class ConfigError(Exception):
+    """A configuration value the service cannot use; the message starts with the variable's name."""
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    database_url: str
+    database_password: str | None = field(repr=False)  # repr=False: a printed Config never shows the password
+    log_level: str
+    pool_min_size: int
+    pool_max_size: int
+
+
+def read_database_url(environ):
+    url = environ.get("DATABASE_URL", "")
+    if not url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError("DATABASE_URL: must be set to a URL such as postgresql://app@db:5432/app")
+    try:
+        conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        # The parser's message quotes the URL, which may hold a password: say only what is wrong.
+        raise ConfigError("DATABASE_URL: not a valid PostgreSQL connection URL") from None
+    return url
+
+
+def read_database_password(environ):
+    path = environ.get("DATABASE_PASSWORD_FILE")
+    if path and environ.get("DATABASE_PASSWORD"):
+        raise ConfigError("DATABASE_PASSWORD_FILE: set either it or DATABASE_PASSWORD, not both")
+    if not path:
+        return environ.get("DATABASE_PASSWORD") or None
+    try:
+        with open(path, encoding="utf-8") as file:
+            # Secret files made with `echo` or an editor end with a newline that is not part of the password.
+            password = file.read().rstrip("\r\n")
+    except OSError as error:
+        raise ConfigError(f"DATABASE_PASSWORD_FILE: cannot read {path}: {error.strerror}") from None
+    except ValueError:
+        raise ConfigError(f"DATABASE_PASSWORD_FILE: {path} is not UTF-8 text") from None
+    if not password:
+        raise ConfigError(f"DATABASE_PASSWORD_FILE: {path} is empty")
+    return password
+
+
+def read_log_level(environ):
+    level = environ.get("LOG_LEVEL", "INFO").upper()
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"LOG_LEVEL: must be one of {', '.join(LOG_LEVELS)}, got {environ['LOG_LEVEL']!r}")
+    return level
+
+
+def read_name(environ):
+    name = environ.get("NAME", "World")
+    if not name.strip():
+        raise ConfigError("NAME: must not be empty (unset it to get the default, World)")
+    return name
+
+
+def read_int(environ, variable, default, minimum):
+    raw = environ.get(variable, str(default))
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{variable}: must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{variable}: must be at least {minimum}, got {value}")
+    return value
+
+
+def load_config(environ):
+    pool_min_size = read_int(environ, "DATABASE_POOL_MIN_SIZE", default=1, minimum=0)
+    return Config(
+        name=read_name(environ),
+        database_url=read_database_url(environ),
+        database_password=read_database_password(environ),
+        log_level=read_log_level(environ),
+        pool_min_size=pool_min_size,
+        pool_max_size=read_int(environ, "DATABASE_POOL_MAX_SIZE", default=4, minimum=max(1, pool_min_size)),
+    )
+
+
+def rfc3339(moment):
+    """UTC, always with microseconds, e.g. 2026-11-27T23:59:59.123456Z: one shape that clients can parse."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, so a log collector needs no parsing rules."""
+
+    def format(self, record):
+        entry = {
+            "time": rfc3339(datetime.fromtimestamp(record.created, UTC)),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if has_request_context():
+            entry["request_id"] = g.get("request_id")
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def configure_logging(level):
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(JsonFormatter())
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+    # psycopg_pool logs every connection checkout at INFO: keep its warnings, not one line per query.
+    logging.getLogger("psycopg.pool").setLevel(max(logging.WARNING, logging.root.level))
+
+
+try:
+    config = load_config(os.environ)
+except ConfigError as error:
+    sys.exit(f"configuration error: {error}")
+configure_logging(config.log_level)
+log = logging.getLogger("app")
+
+# ---------------------------------------------------------------------------------------------- database
+
+# Append only: a migration that has run somewhere never changes; a schema change is a new item at the end.
+MIGRATIONS = (
+    """
+    CREATE TABLE notes (
+        id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        text text NOT NULL CHECK (char_length(text) BETWEEN 1 AND 1000),
+        created_at timestamptz NOT NULL DEFAULT now()
+    )
+    """,
+)
+
+# Any number that every `migrate` run shares; this one spells "notes" in ASCII.
+MIGRATION_LOCK = 0x6E6F746573
+# How long a request waits for a pooled connection before it answers 503.
+DATABASE_WAIT_SECONDS = 1.0
+# Bounds each connection attempt, so an unreachable host cannot hang a pool thread or `migrate` for minutes.
+CONNECT_TIMEOUT_SECONDS = 5
+
+
+def connection_options(application_name):
+    # application_name shows in pg_stat_activity which process holds a connection.
+    options = {"application_name": application_name, "connect_timeout": CONNECT_TIMEOUT_SECONDS}
+    if config.database_password:
+        options["password"] = config.database_password
+    return options
+
+
+pool = ConnectionPool(
+    config.database_url,
+    kwargs=connection_options("notes-web"),
+    min_size=config.pool_min_size,
+    max_size=config.pool_max_size,
+    timeout=DATABASE_WAIT_SECONDS,
+    # Checking a connection as it leaves the pool discards those that died with a database restart,
+    # so the first requests after an outage succeed instead of failing on a dead connection.
+    check=ConnectionPool.check_connection,
+    open=False,
+    name="web",
+)
+# Close connections on exit, so PostgreSQL sees a goodbye rather than logging an unexpected EOF.
+atexit.register(pool.close)
+
+
+def database():
+    """Borrow a pooled connection: `with database() as conn:` commits on success, rolls back on error."""
+    # The pool opens on first use, not at import: importing needs no database (gunicorn, `flask migrate`),
+    # and gunicorn forks its workers after importing, which the pool's threads would not survive.
+    pool.open()
+    return pool.connection()
+
+
+def connect_within(seconds):
+    """A direct connection for `migrate`, retried while the database starts up, for at most `seconds`."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return psycopg.connect(config.database_url, **connection_options("notes-migrate"))
+        except psycopg.OperationalError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(1)
+
+
+def apply_migrations(conn):
+    """Bring the schema up to date in one transaction and return the versions applied."""
+    with conn.transaction():
+        # Runs that start together (two replicas, two deploys) queue here instead of racing to create
+        # the same table; the lock is released when the transaction ends.
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        current = conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()[0]
+        applied = []
+        for version, statement in enumerate(MIGRATIONS[current:], start=current + 1):
+            conn.execute(statement)
+            conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
+            applied.append(version)
+    return applied
+
+
+# ---------------------------------------------------------------------------------------------- routes
+
+app = Flask(__name__)
+# Bodies over 64 KiB are refused with 413 before they are read into memory.
+app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
+
+
+@app.before_request
+def assign_request_id():
+    g.request_id = uuid.uuid4().hex
+
+
+@app.after_request
+def send_request_id(response):
+    # gunicorn's access log reads it from here, which ties the request's log line to the app's.
+    response.headers["X-Request-ID"] = g.request_id
+    return response
+
+
+@app.get("/")
+def hello():
+    return Response(f"Hello, {config.name}!", mimetype="text/plain")
+
+
+@app.get("/healthz")
+def healthz():
+    # Liveness never touches the database: a database outage must not make an orchestrator restart every web pod.
+    return {"status": "ok"}
+
+
+@app.get("/readyz")
+def readyz():
+    with database() as conn:
+        conn.execute("SELECT 1")
+    return {"status": "ready"}
+
+
+def note_json(row):
+    note_id, text, created_at = row
+    return {"id": note_id, "text": text, "created_at": rfc3339(created_at)}
+
+
+def request_object():
+    if not request.is_json:
+        abort(415, "request body must be JSON, sent with Content-Type: application/json")
+    try:
+        body = request.get_json()
+    except (BadRequest, RecursionError):  # RecursionError: deeply nested arrays exhaust the parser's stack
+        abort(400, "request body is not valid JSON")
+    if not isinstance(body, dict):
+        abort(400, "request body must be a JSON object")
+    return body
+
+
+def note_text(body):
+    if set(body) - {"text"}:
+        abort(400, "text is the only field allowed")
+    if "text" not in body:
+        abort(400, "text is required")
+    if not isinstance(body["text"], str):
+        abort(400, "text must be a string")
+    text = body["text"].strip()
+    if not 1 <= len(text) <= 1000:
+        abort(400, "text must be 1 to 1000 characters long, not counting surrounding whitespace")
+    # PostgreSQL text cannot hold U+0000, and UTF-8 cannot encode an unpaired surrogate such as "\ud800".
+    if "\x00" in text:
+        abort(400, "text must not contain the NUL character")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        abort(400, "text must not contain unpaired surrogates")
+    return text
+
+
+def query_int(name, default, minimum, maximum):
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    # Plain ASCII digits only: int() would also take " 7", "+7", "7_0" and other scripts' digits.
+    if not re.fullmatch(r"[0-9]{1,19}", raw) or not minimum <= int(raw) <= maximum:
+        abort(400, f"{name} must be an integer from {minimum} to {maximum}")
+    return int(raw)
+
+
+@app.post("/api/notes")
+def create_note():
+    text = note_text(request_object())
+    with database() as conn:
+        row = conn.execute("INSERT INTO notes (text) VALUES (%s) RETURNING id, text, created_at", (text,)).fetchone()
+    note = note_json(row)
+    return note, 201, {"Location": url_for("get_note", note_id=note["id"])}
+
+
+BIGINT_MAX = 2**63 - 1  # the largest id a bigint identity column can hand out
+
+
+@app.get("/api/notes")
+def list_notes():
+    limit = query_int("limit", default=20, minimum=1, maximum=100)
+    # Without a cursor, start at the top of bigint's range: every id is below it.
+    before = query_int("before", default=BIGINT_MAX, minimum=1, maximum=BIGINT_MAX)
+    with database() as conn:
+        # Keyset pagination: "id < cursor" stays fast and stable on any page, unlike OFFSET.
+        # One row more than the page tells whether a next page exists, without a COUNT.
+        rows = conn.execute(
+            "SELECT id, text, created_at FROM notes WHERE id < %s ORDER BY id DESC LIMIT %s",
+            (before, limit + 1),
+        ).fetchall()
+    notes = [note_json(row) for row in rows[:limit]]
+    return {"notes": notes, "next": notes[-1]["id"] if len(rows) > limit else None}
+
+
+class NoteIdConverter(IntegerConverter):
+    """A note id in a URL: 1 to 19 digits without a leading zero; any other path segment answers 404.
+
+    The shape is checked by the pattern alone, not by min/max: Werkzeug checks the method before a converter's
+    range, so an out-of-range id would answer 405 for one method and 404 for another. Ids past bigint's range
+    still reach PostgreSQL, as numeric, and simply match no row.
+    """
+
+    regex = r"[1-9][0-9]{0,18}"
+
+
+app.url_map.converters["note_id"] = NoteIdConverter
+NOTE_URL = "/api/notes/<note_id:note_id>"
+
+
+@app.get(NOTE_URL)
+def get_note(note_id):
+    with database() as conn:
+        row = conn.execute("SELECT id, text, created_at FROM notes WHERE id = %s", (note_id,)).fetchone()
+    if row is None:
+        abort(404, f"note {note_id} does not exist")
+    return note_json(row)
+
+
+@app.delete(NOTE_URL)
+def delete_note(note_id):
+    with database() as conn:
+        deleted = conn.execute("DELETE FROM notes WHERE id = %s", (note_id,)).rowcount
+    if not deleted:
+        abort(404, f"note {note_id} does not exist")
+    return "", 204
+
+
+# ---------------------------------------------------------------------------------------------- error handlers
+
+
+def error_body(code, message):
+    return {"error": {"code": code, "message": message, "request_id": g.request_id}}
+
+
+@app.errorhandler(HTTPException)
+def http_error(error):
+    response = error.get_response()  # keeps the status and headers such as Allow on 405
+    response.data = json.dumps(error_body(error.name.lower().replace(" ", "_"), error.description))
+    response.content_type = "application/json"
+    return response
+
+
+@app.errorhandler(psycopg.OperationalError)
+def database_unavailable(error):
+    log.warning("database unavailable: %s", " ".join(str(error).split()))
+    return error_body("service_unavailable", "the database is unavailable, try again shortly"), 503
+
+
+@app.errorhandler(Exception)
+def unexpected_error(error):
+    # The traceback goes to the log only; the client gets the request id to quote.
+    log.exception("unexpected error")
+    return error_body("internal_server_error", f"unexpected error, logged as request {g.request_id}"), 500
+
+
+# ---------------------------------------------------------------------------------------------- command line
+
+
+@app.cli.command("migrate")
+@click.option(
+    "--wait",
+    "wait_seconds",
+    type=click.IntRange(min=0),
+    default=30,
+    show_default=True,
+    help="Seconds to keep trying while the database is unreachable.",
+)
+def migrate(wait_seconds):
+    """Create or upgrade the database schema; safe to run again and from several places at once."""
+    try:
+        conn = connect_within(wait_seconds)
+    except psycopg.OperationalError as error:
+        reason = " ".join(str(error).split())
+        raise click.ClickException(f"cannot connect to the database within {wait_seconds} s: {reason}") from None
+    with conn:
+        applied = apply_migrations(conn)
+    if applied:
+        log.info("migrated the schema to version %s", applied[-1])
+    else:
+        log.info("the schema is already up to date")

@@ -1,0 +1,102 @@
+"""Shared fixtures: a real PostgreSQL from testcontainers, and the app wired to it."""
+
+import importlib
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# Ryuk, testcontainers' clean-up container, is an image that cannot be pulled here: the fixtures remove their own.
+os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
+# Reach containers through ports published on 127.0.0.1, never container IPs, even when the tests themselves
+# run inside a container (where testcontainers would otherwise pick the gateway's IP).
+os.environ.setdefault("TESTCONTAINERS_CONNECTION_MODE", "docker_host")
+os.environ.setdefault("TC_HOST", "127.0.0.1")
+
+from testcontainers.community.postgres import PostgresContainer  # after the settings above, which it reads
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+POSTGRES_IMAGE = os.environ.get("POSTGRES_IMAGE", "postgres:17-trixie")
+# Marks the containers these fixtures start, so they can be found (`docker ps --filter label=...`) and told apart.
+TEST_LABEL = {"notes.tests": "test_app"}
+# Every variable app.py reads: removed from the environment a test hands to the app, unless the test sets it.
+APP_VARIABLES = (
+    "NAME",
+    "DATABASE_URL",
+    "DATABASE_PASSWORD",
+    "DATABASE_PASSWORD_FILE",
+    "LOG_LEVEL",
+    "DATABASE_POOL_MIN_SIZE",
+    "DATABASE_POOL_MAX_SIZE",
+    "PORT",
+    "WEB_CONCURRENCY",
+)
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A PostgreSQL server for the whole run.
+
+    Its port is published on a fixed 127.0.0.1 port: Docker picks a new random host port each time a container
+    with a random one starts again, and the outage test stops and starts this container under a running app.
+    """
+    container = PostgresContainer(POSTGRES_IMAGE, username="app", password="test-password-7fq2", dbname="app")
+    container.ports["5432"] = ("127.0.0.1", free_port())
+    container.with_kwargs(labels=TEST_LABEL)
+    with container:
+        yield container
+
+
+@pytest.fixture(scope="session")
+def database_url(postgres):
+    """The app's DATABASE_URL for the test server: no password in it, as in Compose and Kubernetes."""
+    host = postgres.get_container_host_ip()
+    port = postgres.get_exposed_port(5432)
+    return f"postgresql://{postgres.username}@{host}:{port}/{postgres.dbname}"
+
+
+@pytest.fixture(scope="session")
+def app_environment(postgres, database_url):
+    """An environment for running the app against the test server, after `flask --app app migrate` has run there.
+
+    Of the variables the app reads, only DATABASE_URL and DATABASE_PASSWORD are set.
+    """
+    environment = {name: value for name, value in os.environ.items() if name not in APP_VARIABLES}
+    environment.update(DATABASE_URL=database_url, DATABASE_PASSWORD=postgres.password)
+    subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "app", "migrate"], env=environment, cwd=REPOSITORY, check=True
+    )
+    return environment
+
+
+@pytest.fixture(scope="session")
+def app(app_environment):
+    """The Flask app, imported in this process.
+
+    app.py reads its configuration once, at import, so the environment is set before the import.
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        for name in APP_VARIABLES:
+            patch.delenv(name, raising=False)
+        for name, value in app_environment.items():
+            patch.setenv(name, value)
+        patch.syspath_prepend(str(REPOSITORY))
+        yield importlib.import_module("app").app
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "base_images: the base-image contract (tests/test_base_images.py)")

@@ -1,0 +1,218 @@
+"""The contract this project relies on from its four base images, checked against whichever images the
+PYTHON_IMAGE, BUILD_IMAGE, DISTROLESS_IMAGE and POSTGRES_IMAGE variables name: upstream, a mirror, or the stand-ins
+that .ci/ builds where no registry is reachable."""
+
+import io
+import os
+import tarfile
+import time
+import uuid
+
+import docker
+import psycopg
+import pytest
+
+pytestmark = pytest.mark.base_images
+
+POSTGRES_IMAGE = os.environ.get("POSTGRES_IMAGE", "postgres:17-trixie")
+PYTHON_IMAGE = os.environ.get("PYTHON_IMAGE", "python:3.13-slim-trixie")
+BUILD_IMAGE = os.environ.get("BUILD_IMAGE", "debian:trixie-slim")
+DISTROLESS_IMAGE = os.environ.get("DISTROLESS_IMAGE", "gcr.io/distroless/python3-debian13:nonroot")
+
+
+@pytest.fixture(scope="module")
+def engine():
+    client = docker.from_env()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def run(engine):
+    """Starts containers (detached, ports on 127.0.0.1) and removes them, and their anonymous volumes, afterwards."""
+    started = []
+
+    def start(image, **kwargs):
+        kwargs.setdefault("detach", True)
+        container = engine.containers.run(image, **kwargs)
+        started.append(container)
+        return container
+
+    yield start
+    for container in started:
+        container.remove(force=True, v=True)
+
+
+@pytest.fixture
+def volume(engine):
+    """A named volume; request it before `run` so that its containers are removed first."""
+    created = engine.volumes.create(f"base-images-test-{uuid.uuid4().hex[:8]}")
+    yield created.name
+    created.remove(force=True)
+
+
+def published_port(container, port="5432/tcp"):
+    container.reload()
+    return int(container.ports[port][0]["HostPort"])
+
+
+def start_postgres(run, **kwargs):
+    kwargs.setdefault("environment", {"POSTGRES_PASSWORD": "first-password"})
+    return run(POSTGRES_IMAGE, ports={"5432/tcp": ("127.0.0.1", None)}, **kwargs)
+
+
+def readable_by_the_postgres_user(folder):
+    # pytest makes its folders private to the host's user; the bind-mounted files are read as uid 999.
+    folder.chmod(0o755)
+    for path in folder.iterdir():
+        path.chmod(0o644)
+
+
+def connect(container, password, dbname="postgres", user="postgres", timeout=60):
+    """Connects over TCP through the published port, retrying while the server initialises."""
+    port = published_port(container)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return psycopg.connect(host="127.0.0.1", port=port, user=user, password=password,
+                                   dbname=dbname, connect_timeout=2, autocommit=True)
+        except psycopg.OperationalError as error:
+            container.reload()
+            if container.status == "exited" or "password authentication failed" in str(error) \
+                    or time.monotonic() > deadline:
+                raise
+
+
+def exit_code(container, timeout=60):
+    return container.wait(timeout=timeout)["StatusCode"]
+
+
+def image_files(engine, image):
+    """Paths and modes of every file in the image's filesystem, read from `docker export`."""
+    container = engine.containers.create(image)
+    try:
+        stream = io.BytesIO(b"".join(container.export()))
+    finally:
+        container.remove()
+    with tarfile.open(fileobj=stream) as archive:
+        return {member.name.lstrip("./"): member for member in archive.getmembers()}
+
+
+# --- postgres -------------------------------------------------------------------------------------------------------
+
+def test_postgres_refuses_to_start_without_a_password(run):
+    container = run(POSTGRES_IMAGE)
+    assert exit_code(container) != 0
+    assert b"POSTGRES_PASSWORD" in container.logs()
+
+
+def test_postgres_reads_the_password_from_a_file(run, tmp_path):
+    secret = tmp_path / "password"
+    secret.write_text("from-a-file\n")
+    readable_by_the_postgres_user(tmp_path)
+    container = start_postgres(
+        run, environment={"POSTGRES_PASSWORD_FILE": "/run/secrets/db_password"},
+        volumes={str(secret): {"bind": "/run/secrets/db_password", "mode": "ro"}})
+    with connect(container, "from-a-file") as conn:
+        assert conn.execute("select 1").fetchone() == (1,)
+
+
+def test_postgres_rejects_a_wrong_password_over_tcp(run):
+    container = start_postgres(run)
+    connect(container, "first-password").close()
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        connect(container, "not-the-password")
+
+
+def test_postgres_runs_init_scripts_and_initialises_a_volume_only_once(volume, run, tmp_path):
+    (tmp_path / "10-seed.sql").write_text("create table seeded (v text); insert into seeded values ('from init');\n")
+    readable_by_the_postgres_user(tmp_path)
+    mounts = {volume: {"bind": "/var/lib/postgresql/data", "mode": "rw"},
+              str(tmp_path): {"bind": "/docker-entrypoint-initdb.d", "mode": "ro"}}
+    env = {"POSTGRES_PASSWORD": "first-password", "POSTGRES_USER": "notes", "POSTGRES_DB": "notes"}
+    first = start_postgres(run, environment=env, volumes=mounts)
+    with connect(first, "first-password", dbname="notes", user="notes") as conn:
+        conn.execute("insert into seeded values ('written later')")
+    first.stop()
+
+    second = start_postgres(run, environment={**env, "POSTGRES_PASSWORD": "second-password"}, volumes=mounts)
+    with connect(second, "first-password", dbname="notes", user="notes") as conn:
+        rows = conn.execute("select v from seeded order by v").fetchall()
+    assert rows == [("from init",), ("written later",)]
+    assert b"initdb" not in second.logs() and b"10-seed.sql" not in second.logs()
+
+
+def test_postgres_server_is_pid_1_and_not_root(run):
+    container = start_postgres(run)
+    connect(container, "first-password").close()
+    status = container.exec_run(["cat", "/proc/1/status"]).output.decode()
+    fields = dict(line.split(":", 1) for line in status.splitlines())
+    assert fields["Name"].strip() == "postgres"
+    assert fields["Uid"].split()[0] != "0"
+
+
+def test_postgres_stops_cleanly_on_docker_stop(run):
+    container = start_postgres(run)
+    connect(container, "first-password").close()
+    container.stop(timeout=30)
+    assert exit_code(container) == 0
+
+
+def test_postgres_runs_as_an_arbitrary_uid_without_a_passwd_entry(run):
+    # Kubernetes' restricted profile and uid >= 10000 linters start it this way: no chown, no privilege drop.
+    container = start_postgres(run, user="70000:70000",
+                               tmpfs={"/var/lib/postgresql/data": "uid=70000,gid=70000,mode=0700"})
+    with connect(container, "first-password") as conn:
+        assert conn.execute("select current_user").fetchone() == ("postgres",)
+    assert container.exec_run(["id", "-u"]).output.strip() == b"70000"
+
+
+# --- distroless ----------------------------------------------------------------------------------------------------
+
+def test_distroless_has_no_shell_package_manager_or_pip(engine):
+    files = image_files(engine, DISTROLESS_IMAGE)
+    programs = {"sh", "bash", "dash", "apt", "apt-get", "dpkg", "pip", "pip3"}
+    present = {path for path, member in files.items()
+               if not member.isdir() and path.rsplit("/", 1)[-1] in programs}
+    assert present == set()
+    assert any(path.startswith("var/lib/dpkg/status.d/") for path in files), "scanners need the package records"
+
+
+def test_distroless_runs_as_nonroot_65532(engine, run):
+    assert engine.images.get(DISTROLESS_IMAGE).attrs["Config"]["User"].split(":")[0] in {"65532", "nonroot"}
+    container = run(DISTROLESS_IMAGE, command=["-c", "import os; print(os.getuid(), os.getgid())"])
+    assert exit_code(container) == 0
+    assert container.logs().split() == [b"65532", b"65532"]
+
+
+def test_distroless_python_has_ssl_and_sqlite3(run):
+    container = run(DISTROLESS_IMAGE, command=["-c", "import ssl, sqlite3, sys; print(sys.version_info[:2])"])
+    assert exit_code(container) == 0
+    assert container.logs().strip() == b"(3, 13)"
+
+
+# --- python slim and debian slim ------------------------------------------------------------------------------------
+
+def test_python_slim_builds_an_image_that_pip_installs_a_pinned_package(engine, tmp_path):
+    (tmp_path / "requirements.txt").write_text(
+        "six==1.16.0 --hash=sha256:8abb2f1d86890a2dfb989f9a77cfcfd3e47c2a354b01111771326f8aa26e0254\n")
+    (tmp_path / "Dockerfile").write_text(
+        f"FROM {PYTHON_IMAGE}\n"
+        "COPY requirements.txt .\n"
+        "RUN pip install --no-cache-dir --require-hashes -r requirements.txt\n"
+        'CMD ["python", "-c", "import six; print(six.__version__)"]\n')
+    image, _ = engine.images.build(path=str(tmp_path), rm=True, forcerm=True)
+    try:
+        assert engine.containers.run(image.id, remove=True).strip() == b"1.16.0"
+    finally:
+        engine.images.remove(image.id, force=True)
+
+
+def test_debian_slim_has_the_python_the_distroless_runtime_has(engine):
+    # Dockerfile.distroless builds its virtual environment on BUILD_IMAGE for the DISTROLESS_IMAGE interpreter.
+    def candidate(image, command):
+        return engine.containers.run(image, command, remove=True, entrypoint="").decode()
+
+    build = candidate(BUILD_IMAGE, ["sh", "-c", "apt-get update -qq >/dev/null && apt-cache policy python3.13"])
+    runtime = candidate(DISTROLESS_IMAGE, ["/usr/bin/python3.13", "-c", "import platform; print(platform.python_version())"])
+    assert f"Candidate: {runtime.strip()}" in build
