@@ -48,3 +48,76 @@ build: ## build both images: $(IMAGE):slim and $(IMAGE):distroless, each also ta
 
 compare: build venv ## one row per variant: size, layers, user, shell, package manager, setuid files, build times
 	$(VENV)/bin/python bench/compare.py $(IMAGE)
+
+# ---------------------------------------------------------------------------------------------------------------
+# The stack on this machine, from compose.yaml. VARIANT=distroless runs the distroless image; WEB_PORT moves the
+# published port. Both reach Compose from the environment or the make command line.
+COMPOSE ?= docker compose
+WEB_PORT ?= 8000
+DEBUG_IMAGE ?= $(PYTHON_IMAGE)
+# compose.yaml reads an unset VARIANT as slim; "slim" itself would name a Dockerfile.slim, which does not exist.
+ifeq ($(VARIANT),slim)
+override VARIANT :=
+endif
+# compose.yaml passes them to its build, so an image from `make up` is labelled like one from `make build`.
+export REVISION VERSION SOURCE
+
+.PHONY: up down logs ps watch clean psql debug check-engine check-port
+up: check-engine check-port secrets/db_password.txt ## build and start db, migrate and web; wait until healthy (VARIANT=distroless, WEB_PORT=8081)
+	$(COMPOSE) up --build --wait --wait-timeout 180
+	@echo "web: http://127.0.0.1:$(WEB_PORT)/"
+	@echo "try: curl -H 'Content-Type: application/json' -d '{\"text\": \"hello\"}' http://127.0.0.1:$(WEB_PORT)/api/notes"
+
+down: check-engine ## stop and remove the containers; the notes stay in the db_data volume
+	$(COMPOSE) down
+
+logs: check-engine ## follow every service's log (migrate's stays readable after it exits)
+	$(COMPOSE) logs --follow --tail=100
+
+ps: check-engine ## list the stack's containers with their health, and migrate's exit code
+	$(COMPOSE) ps --all
+
+watch: check-engine check-port secrets/db_password.txt ## run the stack in the foreground; rebuild web when its code changes
+	$(COMPOSE) up --build --watch
+
+clean: check-engine ## delete the containers, the db_data volume (every note) and the $(IMAGE) images; asks unless FORCE=1
+	@[ "$(FORCE)" = 1 ] || { printf 'Delete every note (volume db_data) and the $(IMAGE) images? [y/N] '; \
+	  read -r answer; [ "$$answer" = y ]; } || { echo "nothing deleted"; exit 1; }
+	$(COMPOSE) down --volumes --remove-orphans
+	@tags=$$(docker image ls --format '{{.Repository}}:{{.Tag}}' $(IMAGE) | grep -v '<none>'); \
+	  [ -z "$$tags" ] || docker image rm $$tags
+
+psql: check-engine ## open psql in db; no port is published, so it goes through `docker compose exec`
+	$(COMPOSE) exec db psql --username=notes --dbname=notes
+
+# The distroless image has no shell, so `docker compose exec web sh` fails. This starts one in another container
+# that joins web's process and network namespaces, as web's own uid: the kernel then lets it read web's files
+# through /proc/1/root and its environment through /proc/1/environ, with no extra capability.
+debug: check-engine ## open a shell beside the running web container, which has none in the distroless variant
+	@id=$$($(COMPOSE) ps --format "{{.Name}}" web); \
+	[ -n "$$id" ] || { echo "error: web is not running; start it with make up" >&2; exit 1; }; \
+	printf '%s\n' "A $(DEBUG_IMAGE) shell in web's process and network namespaces, as uid 65532. Try:" \
+	  "  ls -l /proc/1/root/app                 web's files (PID 1 is gunicorn)" \
+	  "  tr '\0' '\n' < /proc/1/environ         its environment" \
+	  "  python3 -c \"import urllib.request as u; print(u.urlopen('http://127.0.0.1:8000/readyz').read())\"" \
+	  "From outside, even when web has exited: docker cp $$id:/app/app.py .   docker export $$id | tar -t"; \
+	docker run --rm --interactive $$([ -t 0 ] && echo --tty) --user 65532:65532 --cap-drop ALL \
+	  --security-opt no-new-privileges --pid container:$$id --network container:$$id $(DEBUG_IMAGE) sh
+
+check-engine:
+	@docker info >/dev/null 2>&1 || { echo "error: no Docker engine answers: start Docker, then check with docker info" >&2; exit 1; }
+	@$(COMPOSE) version >/dev/null 2>&1 || { echo "error: Compose v2 is missing: '$(COMPOSE) version' fails; install the Docker Compose plugin" >&2; exit 1; }
+
+# Free, or already published by this stack's web (a second `make up` must not fail on its own port).
+check-port:
+	@[ "$$($(COMPOSE) port web 8000 2>/dev/null)" = "127.0.0.1:$(WEB_PORT)" ] \
+	  || python3 -c 'import socket, sys; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("127.0.0.1", int(sys.argv[1])))' $(WEB_PORT) 2>/dev/null \
+	  || { echo "error: port $(WEB_PORT) on 127.0.0.1 is in use: pick another, e.g. make up WEB_PORT=8081" >&2; exit 1; }
+
+# Random, and ignored by git. Compose bind-mounts a file secret with the host file's owner and mode (its uid, gid
+# and mode options need Swarm), so the file is 644 for web's uid 65532 and db's 999; the 700 directory keeps
+# other users of this machine out.
+secrets/db_password.txt:
+	@mkdir -p secrets && chmod 700 secrets
+	@umask 022 && python3 -c 'import secrets; print(secrets.token_urlsafe(32))' > $@
+	@echo "created $@: a random password, ignored by git"

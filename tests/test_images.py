@@ -17,7 +17,7 @@ import pytest
 import requests
 from testcontainers.core.container import DockerContainer
 from testcontainers.core.network import Network
-from testcontainers.postgres import PostgresContainer
+from testcontainers.community.postgres import PostgresContainer
 
 from conftest import APP_VARIABLES, POSTGRES_IMAGE, REPOSITORY
 
