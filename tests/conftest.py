@@ -1,12 +1,16 @@
 """Shared fixtures: a real PostgreSQL from testcontainers, and the app wired to it."""
 
 import importlib
+import io
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
+import docker
 import pytest
 
 # Ryuk, testcontainers' clean-up container, is an image that cannot be pulled here: the fixtures remove their own.
@@ -34,6 +38,11 @@ APP_VARIABLES = (
     "PORT",
     "WEB_CONCURRENCY",
 )
+
+
+VARIANTS = ("slim", "distroless")
+# Planted in the build context of the images under test; it must never reach an image.
+PLANTED_SECRET = "planted-secret-value-that-must-never-ship"
 
 
 def free_port():
@@ -96,6 +105,48 @@ def app(app_environment):
 @pytest.fixture
 def client(app):
     return app.test_client()
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    client = docker.from_env()
+    yield client
+    client.close()
+
+
+def exported_files(client, image):
+    """Every path in the image's filesystem with its tar header (mode, owner), read from `docker export`."""
+    container = client.containers.create(image)
+    try:
+        stream = io.BytesIO(b"".join(container.export()))
+    finally:
+        container.remove()
+    with tarfile.open(fileobj=stream) as archive:
+        return {member.name.lstrip("./"): member for member in archive.getmembers()}
+
+
+@pytest.fixture(scope="session")
+def images(tmp_path_factory):
+    """Both variants, built once by `make build` from a copy of the build context with secrets planted in it:
+    a .env, a .git/ and a secrets/ folder, as a developer's checkout has."""
+    context = tmp_path_factory.mktemp("context")
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPOSITORY,
+                            capture_output=True, text=True, check=True).stdout.split()
+    for name in listed:
+        if (REPOSITORY / name).is_file():
+            (context / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPOSITORY / name, context / name)
+    (context / ".env").write_text(f"DATABASE_PASSWORD={PLANTED_SECRET}\n")
+    (context / "secrets").mkdir()
+    (context / "secrets" / "db_password.txt").write_text(PLANTED_SECRET)
+    (context / ".git").mkdir()
+    (context / ".git" / "config").write_text(f"[credential]\n\thelper = store {PLANTED_SECRET}\n")
+    revision = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPOSITORY, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    build = subprocess.run(["make", "--no-print-directory", "build", f"REVISION={revision}", "IMAGE=notes-web"],
+                           cwd=context, capture_output=True, text=True)
+    assert build.returncode == 0, build.stdout + build.stderr
+    return {"revision": revision, "context": context, **{variant: f"notes-web:{variant}" for variant in VARIANTS}}
 
 
 def pytest_configure(config):

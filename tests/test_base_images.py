@@ -2,15 +2,13 @@
 PYTHON_IMAGE, BUILD_IMAGE, DISTROLESS_IMAGE and POSTGRES_IMAGE variables name: upstream, a mirror, or the stand-ins
 that .ci/ builds where no registry is reachable."""
 
-import io
 import os
-import tarfile
 import time
 import uuid
 
-import docker
 import psycopg
 import pytest
+from conftest import exported_files
 
 pytestmark = pytest.mark.base_images
 
@@ -20,21 +18,14 @@ BUILD_IMAGE = os.environ.get("BUILD_IMAGE", "debian:trixie-slim")
 DISTROLESS_IMAGE = os.environ.get("DISTROLESS_IMAGE", "gcr.io/distroless/python3-debian13:nonroot")
 
 
-@pytest.fixture(scope="module")
-def engine():
-    client = docker.from_env()
-    yield client
-    client.close()
-
-
 @pytest.fixture
-def run(engine):
+def run(docker_client):
     """Starts containers (detached, ports on 127.0.0.1) and removes them, and their anonymous volumes, afterwards."""
     started = []
 
     def start(image, **kwargs):
         kwargs.setdefault("detach", True)
-        container = engine.containers.run(image, **kwargs)
+        container = docker_client.containers.run(image, **kwargs)
         started.append(container)
         return container
 
@@ -44,9 +35,9 @@ def run(engine):
 
 
 @pytest.fixture
-def volume(engine):
+def volume(docker_client):
     """A named volume; request it before `run` so that its containers are removed first."""
-    created = engine.volumes.create(f"base-images-test-{uuid.uuid4().hex[:8]}")
+    created = docker_client.volumes.create(f"base-images-test-{uuid.uuid4().hex[:8]}")
     yield created.name
     created.remove(force=True)
 
@@ -85,17 +76,6 @@ def connect(container, password, dbname="postgres", user="postgres", timeout=60)
 
 def exit_code(container, timeout=60):
     return container.wait(timeout=timeout)["StatusCode"]
-
-
-def image_files(engine, image):
-    """Paths and modes of every file in the image's filesystem, read from `docker export`."""
-    container = engine.containers.create(image)
-    try:
-        stream = io.BytesIO(b"".join(container.export()))
-    finally:
-        container.remove()
-    with tarfile.open(fileobj=stream) as archive:
-        return {member.name.lstrip("./"): member for member in archive.getmembers()}
 
 
 # --- postgres -------------------------------------------------------------------------------------------------------
@@ -169,8 +149,8 @@ def test_postgres_runs_as_an_arbitrary_uid_without_a_passwd_entry(run):
 
 # --- distroless ----------------------------------------------------------------------------------------------------
 
-def test_distroless_has_no_shell_package_manager_or_pip(engine):
-    files = image_files(engine, DISTROLESS_IMAGE)
+def test_distroless_has_no_shell_package_manager_or_pip(docker_client):
+    files = exported_files(docker_client, DISTROLESS_IMAGE)
     programs = {"sh", "bash", "dash", "apt", "apt-get", "dpkg", "pip", "pip3"}
     present = {path for path, member in files.items()
                if not member.isdir() and path.rsplit("/", 1)[-1] in programs}
@@ -178,8 +158,8 @@ def test_distroless_has_no_shell_package_manager_or_pip(engine):
     assert any(path.startswith("var/lib/dpkg/status.d/") for path in files), "scanners need the package records"
 
 
-def test_distroless_runs_as_nonroot_65532(engine, run):
-    assert engine.images.get(DISTROLESS_IMAGE).attrs["Config"]["User"].split(":")[0] in {"65532", "nonroot"}
+def test_distroless_runs_as_nonroot_65532(docker_client, run):
+    assert docker_client.images.get(DISTROLESS_IMAGE).attrs["Config"]["User"].split(":")[0] in {"65532", "nonroot"}
     container = run(DISTROLESS_IMAGE, command=["-c", "import os; print(os.getuid(), os.getgid())"])
     assert exit_code(container) == 0
     assert container.logs().split() == [b"65532", b"65532"]
@@ -193,7 +173,7 @@ def test_distroless_python_has_ssl_and_sqlite3(run):
 
 # --- python slim and debian slim ------------------------------------------------------------------------------------
 
-def test_python_slim_builds_an_image_that_pip_installs_a_pinned_package(engine, tmp_path):
+def test_python_slim_builds_an_image_that_pip_installs_a_pinned_package(docker_client, tmp_path):
     (tmp_path / "requirements.txt").write_text(
         "six==1.16.0 --hash=sha256:8abb2f1d86890a2dfb989f9a77cfcfd3e47c2a354b01111771326f8aa26e0254\n")
     (tmp_path / "Dockerfile").write_text(
@@ -201,18 +181,19 @@ def test_python_slim_builds_an_image_that_pip_installs_a_pinned_package(engine, 
         "COPY requirements.txt .\n"
         "RUN pip install --no-cache-dir --require-hashes -r requirements.txt\n"
         'CMD ["python", "-c", "import six; print(six.__version__)"]\n')
-    image, _ = engine.images.build(path=str(tmp_path), rm=True, forcerm=True)
+    image, _ = docker_client.images.build(path=str(tmp_path), rm=True, forcerm=True)
     try:
-        assert engine.containers.run(image.id, remove=True).strip() == b"1.16.0"
+        assert docker_client.containers.run(image.id, remove=True).strip() == b"1.16.0"
     finally:
-        engine.images.remove(image.id, force=True)
+        docker_client.images.remove(image.id, force=True)
 
 
-def test_debian_slim_has_the_python_the_distroless_runtime_has(engine):
+def test_debian_slim_has_the_python_the_distroless_runtime_has(docker_client):
     # Dockerfile.distroless builds its virtual environment on BUILD_IMAGE for the DISTROLESS_IMAGE interpreter.
     def candidate(image, command):
-        return engine.containers.run(image, command, remove=True, entrypoint="").decode()
+        return docker_client.containers.run(image, command, remove=True, entrypoint="").decode()
 
     build = candidate(BUILD_IMAGE, ["sh", "-c", "apt-get update -qq >/dev/null && apt-cache policy python3.13"])
-    runtime = candidate(DISTROLESS_IMAGE, ["/usr/bin/python3.13", "-c", "import platform; print(platform.python_version())"])
+    version = "import platform; print(platform.python_version())"
+    runtime = candidate(DISTROLESS_IMAGE, ["/usr/bin/python3.13", "-c", version])
     assert f"Candidate: {runtime.strip()}" in build

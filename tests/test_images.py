@@ -1,60 +1,23 @@
 """Every hardening claim of the two images, proven against the built images, for both variants."""
 
-import io
 import json
-import re
 import os
-import shutil
+import re
 import socket
 import subprocess
 import sys
-import tarfile
 import time
-import uuid
 
-import docker
 import pytest
 import requests
+from conftest import APP_VARIABLES, PLANTED_SECRET, POSTGRES_IMAGE, REPOSITORY, VARIANTS, exported_files
+from testcontainers.community.postgres import PostgresContainer
 from testcontainers.core.container import DockerContainer
 from testcontainers.core.network import Network
-from testcontainers.community.postgres import PostgresContainer
 
-from conftest import APP_VARIABLES, POSTGRES_IMAGE, REPOSITORY
-
-VARIANTS = ("slim", "distroless")
 RUNTIME_UID = 65532
 DB_PASSWORD = "images-test-db-password"
-PLANTED_SECRET = "planted-secret-value-that-must-never-ship"
 GRACEFUL_TIMEOUT = 20  # gunicorn.conf.py
-
-
-@pytest.fixture(scope="module")
-def engine():
-    client = docker.from_env()
-    yield client
-    client.close()
-
-
-@pytest.fixture(scope="session")
-def images(tmp_path_factory):
-    """Both variants, built once by `make build` from a copy of the build context with secrets planted in it."""
-    context = tmp_path_factory.mktemp("context")
-    tracked = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPOSITORY,
-                             capture_output=True, text=True, check=True).stdout.split()
-    for name in tracked:
-        if (REPOSITORY / name).is_file():
-            (context / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPOSITORY / name, context / name)
-    (context / ".env").write_text(f"DATABASE_PASSWORD={PLANTED_SECRET}\n")
-    (context / "secrets").mkdir()
-    (context / "secrets" / "db_password.txt").write_text(PLANTED_SECRET)
-    (context / ".git").mkdir()
-    (context / ".git" / "config").write_text(f"[credential]\n\thelper = store {PLANTED_SECRET}\n")
-    revision = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPOSITORY, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    subprocess.run(["make", "--no-print-directory", "-s", "build", f"REVISION={revision}", "IMAGE=notes-web"],
-                   cwd=context, check=True, capture_output=True)
-    return {"revision": revision, "context": context, **{v: f"notes-web:{v}" for v in VARIANTS}}
 
 
 @pytest.fixture(scope="module")
@@ -123,17 +86,6 @@ def wait_until(condition, container, timeout=30):
     raise AssertionError(f"condition not met within {timeout} s: {container.get_logs()}")
 
 
-def exported_files(engine, image):
-    """Every path in the image with its tar header, read from `docker export` of a created container."""
-    container = engine.containers.create(image)
-    try:
-        stream = io.BytesIO(b"".join(container.export()))
-    finally:
-        container.remove()
-    with tarfile.open(fileobj=stream) as archive:
-        return {member.name.lstrip("./"): member for member in archive.getmembers()}
-
-
 def run_python(container, code):
     """Runs Python inside the container as its runtime user: the distroless image has no shell for `exec`."""
     result = container.get_wrapped_container().exec_run(["python", "-c", code])
@@ -155,8 +107,8 @@ def test_without_name_the_greeting_falls_back_to_world(web):
 
 # --- non-root --------------------------------------------------------------------------------------------------------
 
-def test_image_user_is_numeric_and_not_root(engine, images, variant):
-    user = engine.images.get(images[variant]).attrs["Config"]["User"]
+def test_image_user_is_numeric_and_not_root(docker_client, images, variant):
+    user = docker_client.images.get(images[variant]).attrs["Config"]["User"]
     uid = user.split(":")[0]
     assert uid.isdigit() and int(uid) != 0, user
 
@@ -169,8 +121,8 @@ def test_running_process_uid_is_65532(web):
     assert set(uids) == {str(RUNTIME_UID)}
 
 
-def test_runtime_user_cannot_write_the_application_files(web, engine, images, variant):
-    files = exported_files(engine, images[variant])
+def test_runtime_user_cannot_write_the_application_files(web, docker_client, images, variant):
+    files = exported_files(docker_client, images[variant])
     assert files["app/app.py"].uid == 0 and files["app"].uid == 0
     container, _ = web()
     code, output = run_python(container, "open('/app/app.py', 'a')")
@@ -181,43 +133,43 @@ def test_runtime_user_cannot_write_the_application_files(web, engine, images, va
 
 # --- what is in the image --------------------------------------------------------------------------------------------
 
-def test_distroless_has_no_shell_package_manager_or_pip(engine, images):
-    files = exported_files(engine, images["distroless"])
+def test_distroless_has_no_shell_package_manager_or_pip(docker_client, images):
+    files = exported_files(docker_client, images["distroless"])
     names = {path.rsplit("/", 1)[-1]: path for path, member in files.items() if not member.isdir()}
     assert {"sh", "bash", "dash", "apt", "apt-get", "dpkg", "pip", "pip3"} & names.keys() == set()
     assert not any(path.startswith("venv/lib/python3.13/site-packages/pip/") for path in files)
 
 
-def test_no_setuid_or_setgid_files(engine, images, variant):
-    files = exported_files(engine, images[variant])
+def test_no_setuid_or_setgid_files(docker_client, images, variant):
+    files = exported_files(docker_client, images[variant])
     privileged = [path for path, member in files.items() if member.isfile() and member.mode & 0o6000]
     assert privileged == []
 
 
-def test_planted_env_git_and_secrets_are_absent_from_the_image(engine, images, variant):
-    files = exported_files(engine, images[variant])
+def test_planted_env_git_and_secrets_are_absent_from_the_image(docker_client, images, variant):
+    files = exported_files(docker_client, images[variant])
     leaked = [path for path in files if re.search(r"(^|/)(\.env|\.git|secrets)(/|$)", path)]
     assert leaked == []
 
 
-def test_build_context_holds_only_the_allowlisted_files(engine, images):
+def test_build_context_holds_only_the_allowlisted_files(docker_client, images):
     # The .dockerignore allowlist is what keeps the planted files out of the builder, not just out of COPY.
     context = images["context"]
     probe = context / "Dockerfile.context-probe"
-    base = engine.images.get(images["slim"]).attrs["Config"]["Labels"]["org.opencontainers.image.base.name"]
+    base = docker_client.images.get(images["slim"]).attrs["Config"]["Labels"]["org.opencontainers.image.base.name"]
     probe.write_text(f"FROM {base}\nCOPY . /context/\n")
-    image, _ = engine.images.build(path=str(context), dockerfile=probe.name, rm=True, forcerm=True)
+    image, _ = docker_client.images.build(path=str(context), dockerfile=probe.name, rm=True, forcerm=True)
     try:
-        listing = engine.containers.run(image.id, ["python", "-c", "import os; print(sorted(os.listdir('/context')))"],
-                                        remove=True, entrypoint=[]).decode()
+        command = ["python", "-c", "import os; print(sorted(os.listdir('/context')))"]
+        listing = docker_client.containers.run(image.id, command, remove=True, entrypoint=[]).decode()
     finally:
-        engine.images.remove(image.id, force=True)
+        docker_client.images.remove(image.id, force=True)
         probe.unlink()
     assert listing.strip() == str(["app.py", "gunicorn.conf.py", "requirements.txt"])
 
 
-def test_no_secret_in_history_or_environment(engine, images, variant):
-    image = engine.images.get(images[variant])
+def test_no_secret_in_history_or_environment(docker_client, images, variant):
+    image = docker_client.images.get(images[variant])
     history = subprocess.run(["docker", "history", "--no-trunc", "--format", "{{.CreatedBy}}", images[variant]],
                              capture_output=True, text=True, check=True).stdout
     env = image.attrs["Config"]["Env"]
@@ -226,8 +178,8 @@ def test_no_secret_in_history_or_environment(engine, images, variant):
         assert not re.search(r"(PASSWORD|SECRET|TOKEN|API_KEY)[A-Z_]*=\S", text, re.I), text
 
 
-def test_revision_label_is_the_git_commit(engine, images, variant):
-    labels = engine.images.get(images[variant]).attrs["Config"]["Labels"]
+def test_revision_label_is_the_git_commit(docker_client, images, variant):
+    labels = docker_client.images.get(images[variant]).attrs["Config"]["Labels"]
     assert labels["org.opencontainers.image.revision"] == images["revision"]
     for key in ("title", "source", "created", "version", "licenses", "base.name"):
         assert labels.get(f"org.opencontainers.image.{key}"), key

@@ -110,12 +110,13 @@ def labels_match(selector: dict, labels: dict) -> bool:
         return False
     for expression in selector.get("matchExpressions", []):
         key, operator, values = expression["key"], expression["operator"], expression.get("values", [])
-        if not {
-            "In": lambda: labels.get(key) in values,
-            "NotIn": lambda: labels.get(key) not in values,
-            "Exists": lambda: key in labels,
-            "DoesNotExist": lambda: key not in labels,
-        }[operator]():
+        matches = {
+            "In": labels.get(key) in values,
+            "NotIn": labels.get(key) not in values,
+            "Exists": key in labels,
+            "DoesNotExist": key not in labels,
+        }[operator]
+        if not matches:
             return False
     return True
 

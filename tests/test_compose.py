@@ -1,0 +1,309 @@
+"""compose.yaml, run for real once per image variant: the stack comes up healthy, reaches db by its service name,
+publishes web on loopback only, and keeps its notes in the named volume until `down -v`. Then the same volume
+lesson without Compose, with testcontainers alone.
+
+Every stack gets its own Compose project, published port and throwaway password file, so a run never touches a
+developer's stack or secrets/. The tests talk to containers only through ports published on 127.0.0.1.
+"""
+
+import contextlib
+import os
+import re
+import socket
+import subprocess
+import uuid
+from dataclasses import dataclass
+
+import docker
+import pytest
+import requests
+from testcontainers.community.postgres import PostgresContainer
+from testcontainers.compose import DockerCompose
+from testcontainers.core.container import DockerContainer
+from testcontainers.core.network import Network
+from testcontainers.core.wait_strategies import HttpWaitStrategy
+
+from conftest import POSTGRES_IMAGE, REPOSITORY, free_port
+
+VARIANTS = ("slim", "distroless")
+DOCKERFILES = {"slim": "Dockerfile", "distroless": "Dockerfile.distroless"}
+# The Makefile's IMAGE: `make test IMAGE=...` reaches both `make build` and compose.yaml through the environment.
+IMAGE = os.environ.get("IMAGE", "notes-web")
+TEST_LABEL = {"notes.tests": "test_compose"}
+MIGRATE = ["python", "-m", "flask", "--app", "app", "migrate"]
+GRACEFUL_TIMEOUT = int(re.search(r"^graceful_timeout = (\d+)$", (REPOSITORY / "gunicorn.conf.py").read_text(),
+                                 re.MULTILINE)[1])
+
+
+# ---------------------------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="session")
+def web_images():
+    """Both web images, built from this tree once per run; layer caching makes a rebuild of unchanged code short."""
+    subprocess.run(["make", "--no-print-directory", "-s", "build", f"IMAGE={IMAGE}"], cwd=REPOSITORY, check=True)
+    return {variant: f"{IMAGE}:{variant}" for variant in VARIANTS}
+
+
+@pytest.fixture(scope="module")
+def engine():
+    client = docker.from_env()
+    yield client
+    client.close()
+
+
+def compose_environment(env, variant, password_file):
+    """Points `docker compose` (and make) in this process at a project of its own, with its own secret file."""
+    override = password_file.with_name("compose.secret.yaml")
+    # An override merged over compose.yaml: the secret's file is replaced, nothing else changes.
+    override.write_text(f"secrets:\n  db_password:\n    file: {password_file}\n")
+    env.setenv("COMPOSE_FILE", os.pathsep.join(["compose.yaml", str(override)]))
+    env.setenv("COMPOSE_PROJECT_NAME", f"notes-test-{variant}-{uuid.uuid4().hex[:8]}")
+    # compose.yaml reads an empty VARIANT as slim, as the Makefile passes it.
+    env.setenv("VARIANT", "" if variant == "slim" else variant)
+
+
+def write_password_file(folder):
+    path = folder / "db_password.txt"
+    path.write_text(uuid.uuid4().hex + "\n")
+    # As `make up` writes it: readable by web's uid 65532 and db's 999, since Compose keeps the host file's mode.
+    path.chmod(0o644)
+    return path
+
+
+@dataclass
+class Stack:
+    compose: DockerCompose
+    variant: str
+    port: int
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    def run(self, *arguments):
+        """A `docker compose` command for this stack's project, e.g. stack.run("down")."""
+        subprocess.run([*self.compose.docker_compose_command(), *arguments], cwd=REPOSITORY, check=True,
+                       capture_output=True)
+
+    def container(self, engine, service):
+        return engine.containers.get(self.compose.get_container(service, include_all=True).ID)
+
+
+@pytest.fixture(scope="module", params=VARIANTS)
+def stack(request, web_images, tmp_path_factory):
+    """The whole stack of one variant, up and healthy (`up --wait`); `down --volumes` at the end."""
+    variant = request.param
+    port = free_port()
+    password_file = write_password_file(tmp_path_factory.mktemp(f"compose-{variant}"))
+    with pytest.MonkeyPatch.context() as env:
+        compose_environment(env, variant, password_file)
+        env.setenv("WEB_PORT", str(port))
+        with DockerCompose(REPOSITORY) as compose:
+            yield Stack(compose, variant, port)
+
+
+@pytest.fixture(params=VARIANTS)
+def variant(request):
+    return request.param
+
+
+@pytest.fixture
+def config(variant, tmp_path, monkeypatch):
+    """`docker compose config` as JSON, for one variant: the model Compose will run, after interpolation."""
+    compose_environment(monkeypatch, variant, write_password_file(tmp_path))
+    return DockerCompose(REPOSITORY).get_config()
+
+
+def add_note(url, text):
+    response = requests.post(f"{url}/api/notes", json={"text": text}, timeout=5)
+    assert response.status_code == 201, response.text
+    return text
+
+
+def note_texts(url):
+    response = requests.get(f"{url}/api/notes", params={"limit": 100}, timeout=5)
+    response.raise_for_status()
+    return {note["text"] for note in response.json()["notes"]}
+
+
+def seconds(duration):
+    """A Compose duration as `config` prints it, e.g. 1m0s or 30s."""
+    minutes, secs = re.fullmatch(r"(?:(\d+)m)?(?:(\d+)s)?", duration).groups()
+    return int(minutes or 0) * 60 + int(secs or 0)
+
+
+# ---------------------------------------------------------------------------------------------- the configuration
+
+
+def test_web_and_migrate_run_read_only_without_capabilities_or_privilege_gain_and_within_limits(config):
+    for name in ("web", "migrate"):
+        service = config["services"][name]
+        assert service["read_only"] is True, name
+        assert service["cap_drop"] == ["ALL"], name
+        assert "no-new-privileges:true" in service["security_opt"], name
+        limits = service["deploy"]["resources"]["limits"]
+        assert float(limits["cpus"]) > 0 and int(limits["memory"]) > 0 and int(limits["pids"]) > 0, name
+
+
+def test_web_and_migrate_run_the_image_built_from_the_variants_dockerfile(config, variant):
+    web, migrate = config["services"]["web"], config["services"]["migrate"]
+    assert web["image"] == migrate["image"] == f"{IMAGE}:{variant}"
+    assert web["build"]["dockerfile"] == DOCKERFILES[variant]
+
+
+def test_web_is_given_longer_to_stop_than_gunicorns_graceful_timeout(config):
+    assert seconds(config["services"]["web"]["stop_grace_period"]) > GRACEFUL_TIMEOUT
+
+
+def test_port_check_before_make_up_names_the_busy_port_and_suggests_another(monkeypatch, tmp_path):
+    compose_environment(monkeypatch, "slim", write_password_file(tmp_path))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run(["make", "--no-print-directory", "check-port", f"WEB_PORT={port}"],
+                                cwd=REPOSITORY, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert f"error: port {port} on 127.0.0.1 is in use" in result.stderr
+    assert "WEB_PORT=8081" in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------- the running stack
+
+
+def test_stack_comes_up_with_db_and_web_healthy_after_migrate_exits_0(stack):
+    containers = {container.Service: container for container in stack.compose.get_containers(include_all=True)}
+    assert containers["db"].Health == "healthy"
+    assert containers["web"].Health == "healthy"
+    assert (containers["migrate"].State, containers["migrate"].ExitCode) == ("exited", 0)
+
+
+def test_migrates_log_stays_readable_after_its_container_exits(stack):
+    stdout, _ = stack.compose.get_logs("migrate")
+    assert re.search(r"migrated the schema to version \d+|the schema is already up to date", stdout), stdout
+
+
+def test_root_greets_with_the_name_set_in_compose(stack):
+    response = requests.get(stack.url, timeout=5)
+    assert response.status_code == 200
+    assert response.text == "Hello, Compose!"
+
+
+def test_web_reaches_db_by_its_service_name(stack, engine):
+    # What web itself resolves DATABASE_URL's host to, from inside its container.
+    stdout, _, exit_code = stack.compose.exec_in_container(
+        ["python", "-c", "import os, socket, urllib.parse;"
+                         "host = urllib.parse.urlsplit(os.environ['DATABASE_URL']).hostname;"
+                         "print(host, socket.gethostbyname(host))"],
+        "web",
+    )
+    assert exit_code == 0
+    (network,) = stack.container(engine, "db").attrs["NetworkSettings"]["Networks"].values()
+    assert stdout.split() == ["db", network["IPAddress"]]
+    assert requests.get(f"{stack.url}/readyz", timeout=5).json() == {"status": "ready"}
+
+
+def test_web_is_published_on_loopback_only_and_db_not_at_all(stack, engine):
+    web = stack.container(engine, "web")
+    assert web.ports == {"8000/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(stack.port)}]}
+    assert all(binding is None for binding in stack.container(engine, "db").ports.values())
+    # The gateway is this host's own address on the project network, and not loopback: nothing answers there.
+    (network,) = web.attrs["NetworkSettings"]["Networks"].values()
+    gateway = network["Gateway"]
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((gateway, stack.port), timeout=5).close()
+
+
+def test_make_debug_opens_a_shell_beside_web_that_sees_its_files(stack):
+    # The distroless web has no shell of its own; `make debug` brings one in another container.
+    result = subprocess.run(["make", "--no-print-directory", "-s", "debug"], input="ls /proc/1/root/app\n",
+                            cwd=REPOSITORY, capture_output=True, text=True, check=True)
+    assert {"app.py", "gunicorn.conf.py"} <= set(result.stdout.split())
+
+
+def test_notes_survive_down_and_up(stack):
+    text = add_note(stack.url, f"kept across down and up ({stack.variant})")
+    stack.run("down")
+    stack.compose.start()
+    assert text in note_texts(stack.url)
+
+
+def test_notes_survive_replacing_the_db_container(stack, engine):
+    text = add_note(stack.url, f"kept across a new db container ({stack.variant})")
+    before = stack.container(engine, "db").id
+    stack.run("up", "--wait", "--force-recreate", "db")
+    assert stack.container(engine, "db").id != before
+    # web's pool discards the connections to the old server and opens new ones.
+    stack.compose.wait_for(f"{stack.url}/readyz")
+    assert text in note_texts(stack.url)
+
+
+def test_down_with_volumes_deletes_the_notes(stack):
+    add_note(stack.url, f"deleted with the volume ({stack.variant})")
+    stack.run("down", "--volumes")
+    stack.compose.start()
+    assert note_texts(stack.url) == set()
+
+
+# ---------------------------------------------------------------------------------------------- without Compose
+
+DB_PASSWORD = "compose-free-test-password"
+
+
+@pytest.fixture
+def network():
+    with Network(docker_network_kw={"labels": TEST_LABEL}) as created:
+        yield created
+
+
+@pytest.fixture
+def db_volume(engine):
+    volume = engine.volumes.create(f"notes-test-db-data-{uuid.uuid4().hex[:8]}", labels=TEST_LABEL)
+    yield volume.name
+    volume.remove()
+
+
+@pytest.fixture
+def start_db(network, db_volume):
+    """Starts Postgres on the named volume as `db` on the network; removes what is still running at the end."""
+    started = []
+
+    def start():
+        container = PostgresContainer(POSTGRES_IMAGE, username="notes", password=DB_PASSWORD, dbname="notes")
+        # Published nowhere, as in compose.yaml: only web reaches it, over the network.
+        container.ports.clear()
+        container.with_network(network).with_network_aliases("db").with_kwargs(labels=TEST_LABEL)
+        container.with_volume_mapping(db_volume, "/var/lib/postgresql/data", "rw")
+        started.append(container.start())
+        return container
+
+    yield start
+    for container in started:
+        with contextlib.suppress(docker.errors.NotFound):  # already removed by the test
+            container.stop()
+
+
+def replace(container, start):
+    """Stops the container as `docker stop` would (a clean shutdown), removes it, and starts its successor."""
+    container.get_wrapped_container().stop(timeout=30)
+    container.stop()
+    return start()
+
+
+def test_named_volume_keeps_every_note_when_a_new_postgres_container_takes_it_over(web_images, network, start_db):
+    db = start_db()
+    web = DockerContainer(web_images["slim"]).with_network(network).with_kwargs(labels=TEST_LABEL)
+    web.with_envs(DATABASE_URL="postgresql://notes@db:5432/notes", DATABASE_PASSWORD=DB_PASSWORD)
+    web.ports["8000"] = ("127.0.0.1", free_port())
+    ready = HttpWaitStrategy(8000, "/readyz")
+    with web.waiting_for(ready):
+        assert web.exec(MIGRATE).exit_code == 0
+        url = f"http://127.0.0.1:{web.get_exposed_port(8000)}"
+        texts = {add_note(url, f"note {number} before the new container") for number in range(5)}
+
+        replace(db, start_db)
+
+        # The new server holds none of web's pooled connections; readiness returns once web has reconnected.
+        ready.wait_until_ready(web)
+        assert note_texts(url) == texts
