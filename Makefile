@@ -41,7 +41,7 @@ BUILD_ARGS = --build-arg PYTHON_IMAGE --build-arg BUILD_IMAGE --build-arg DISTRO
   --build-arg CREATED=$(shell date -u +%Y-%m-%dT%H:%M:%SZ) --build-arg SOURCE=$(SOURCE)
 SOURCE ?= $(shell git config --get remote.origin.url 2>/dev/null || echo unknown)
 
-.PHONY: build compare
+.PHONY: build compare k8s-validate
 build: ## build both images: $(IMAGE):slim and $(IMAGE):distroless, each also tagged with the git revision
 	docker build $(BUILD_ARGS) -f Dockerfile -t $(IMAGE):slim -t $(IMAGE):slim-$(REVISION) .
 	docker build $(BUILD_ARGS) -f Dockerfile.distroless -t $(IMAGE):distroless -t $(IMAGE):distroless-$(REVISION) .
@@ -121,3 +121,6 @@ secrets/db_password.txt:
 	@mkdir -p secrets && chmod 700 secrets
 	@umask 022 && python3 -c 'import secrets; print(secrets.token_urlsafe(32))' > $@
 	@echo "created $@: a random password, ignored by git"
+
+k8s-validate: venv ## render both Kubernetes overlays and check them offline: schemas, restricted profile, checkov
+	$(PYTEST) tests/test_k8s.py -m "not docker"

@@ -151,3 +151,4 @@ def images(tmp_path_factory):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "base_images: the base-image contract (tests/test_base_images.py)")
+    config.addinivalue_line("markers", "docker: needs a Docker engine and the built images")

@@ -16,12 +16,15 @@ import os
 import shutil
 import subprocess
 import sys
+import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
 import kubernetes_validate
 import pytest
+import requests
 import yaml
 from yamllint import linter
 from yamllint.config import YamlLintConfig
@@ -875,3 +878,59 @@ def test_docker_run_puts_the_secret_where_every_password_file_variable_points(ma
         password_file = host_path(run, files[0])
         assert password_file.read_text() == password
         assert password_file.stat().st_mode & 0o004, "the container's user could not read it"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Smoke test: the rendered pods, run under Docker with the options derived above
+
+
+def upstream_to_configured(image: str) -> str:
+    """The manifests name the upstream Postgres image; a machine without a registry runs POSTGRES_IMAGE instead."""
+    return os.environ.get("POSTGRES_IMAGE", image) if image.startswith("postgres:") else image
+
+
+@pytest.mark.docker
+def test_rendered_pods_run_migrate_and_answer_their_probes_under_docker(manifests, overlay, images, tmp_path):
+    suffix = uuid.uuid4().hex[:8]
+    network, volume = f"k8s-smoke-{suffix}", f"k8s-smoke-db-data-{suffix}"
+    started: list[str] = []
+
+    def run(workload: dict, *extra: str, detach: bool = True) -> subprocess.CompletedProcess:
+        derived = docker_run(manifests, workload, tmp_path / workload["metadata"]["name"])
+        options = [option.replace("src=db-data,", f"src={volume},") for option in derived.options]
+        name = f"{network}-{workload['metadata']['name']}"
+        argv = ["docker", "run", "--name", name, "--network", network, *extra, *options,
+                upstream_to_configured(derived.image), *derived.args]
+        if detach:
+            argv.insert(2, "--detach")
+        started.append(name)
+        return subprocess.run(argv, capture_output=True, text=True, timeout=120)
+
+    subprocess.run(["docker", "network", "create", network], check=True, capture_output=True)
+    try:
+        db = run(find(manifests, "StatefulSet", "db"), "--network-alias", "db")
+        assert db.returncode == 0, db.stderr
+        # The Job's command waits for the database to accept connections (migrate --wait), like the real Job.
+        migrate = run(find(manifests, "Job", "db-migrate"), detach=False)
+        assert migrate.returncode == 0, migrate.stdout + migrate.stderr
+        web_deployment = find(manifests, "Deployment", "web")
+        web = run(web_deployment, "--publish", "127.0.0.1::8000")
+        assert web.returncode == 0, web.stderr
+        port = subprocess.run(["docker", "port", started[-1], "8000/tcp"], capture_output=True, text=True,
+                              check=True).stdout.split(":")[-1].strip()
+        [container] = pod_template(web_deployment)["spec"]["containers"]
+        probes = {kind: container[kind]["httpGet"]["path"] for kind in ("readinessProbe", "livenessProbe")}
+        deadline = time.monotonic() + 30
+        answers: dict = {}
+        while answers != {kind: 200 for kind in probes} and time.monotonic() < deadline:
+            time.sleep(0.2)
+            try:
+                answers = {kind: requests.get(f"http://127.0.0.1:{port}{path}", timeout=2).status_code
+                           for kind, path in probes.items()}
+            except requests.ConnectionError:
+                continue
+        assert answers == {"readinessProbe": 200, "livenessProbe": 200}
+    finally:
+        subprocess.run(["docker", "rm", "--force", "--volumes", *started], capture_output=True)
+        subprocess.run(["docker", "volume", "rm", volume], capture_output=True)
+        subprocess.run(["docker", "network", "rm", network], capture_output=True)
