@@ -50,8 +50,8 @@ compare: build venv ## one row per variant: size, layers, user, shell, package m
 	$(VENV)/bin/python bench/compare.py $(IMAGE)
 
 # ---------------------------------------------------------------------------------------------------------------
-# The stack on this machine, from compose.yaml. VARIANT=distroless runs the distroless image; WEB_PORT moves the
-# published port. Both reach Compose from the environment or the make command line.
+# The stack on this machine, from compose.yaml: VARIANT=distroless runs the distroless image, WEB_PORT moves the
+# published port, COMPOSE_PROJECT_NAME runs a second, separate stack.
 COMPOSE ?= docker compose
 WEB_PORT ?= 8000
 DEBUG_IMAGE ?= $(PYTHON_IMAGE)
@@ -59,11 +59,14 @@ DEBUG_IMAGE ?= $(PYTHON_IMAGE)
 ifeq ($(VARIANT),slim)
 override VARIANT :=
 endif
-# compose.yaml passes them to its build, so an image from `make up` is labelled like one from `make build`.
-export REVISION VERSION SOURCE
+# compose.yaml reads IMAGE and WEB_PORT too, so the stack runs the images `make build` tags, on the port `make up`
+# prints; it passes the others to its build, so an image from `make up` is labelled like one from `make build`.
+export IMAGE WEB_PORT REVISION VERSION SOURCE
+# compose.yaml's secret db_password; `make up` creates it when missing.
+DB_PASSWORD_FILE := secrets/db_password.txt
 
 .PHONY: up down logs ps watch clean psql debug check-engine check-port
-up: check-engine check-port secrets/db_password.txt ## build and start db, migrate and web; wait until healthy (VARIANT=distroless, WEB_PORT=8081)
+up: check-engine check-port $(DB_PASSWORD_FILE) ## build, start, wait until healthy (VARIANT=distroless, WEB_PORT=8081)
 	$(COMPOSE) up --build --wait --wait-timeout 180
 	@echo "web: http://127.0.0.1:$(WEB_PORT)/"
 	@echo "try: curl -H 'Content-Type: application/json' -d '{\"text\": \"hello\"}' http://127.0.0.1:$(WEB_PORT)/api/notes"
@@ -77,10 +80,10 @@ logs: check-engine ## follow every service's log (migrate's stays readable after
 ps: check-engine ## list the stack's containers with their health, and migrate's exit code
 	$(COMPOSE) ps --all
 
-watch: check-engine check-port secrets/db_password.txt ## run the stack in the foreground; rebuild web when its code changes
+watch: check-engine check-port $(DB_PASSWORD_FILE) ## run the stack in the foreground, rebuilding web on code changes
 	$(COMPOSE) up --build --watch
 
-clean: check-engine ## delete the containers, the db_data volume (every note) and the $(IMAGE) images; asks unless FORCE=1
+clean: check-engine ## delete the containers, volume db_data (every note) and the $(IMAGE) images; asks unless FORCE=1
 	@[ "$(FORCE)" = 1 ] || { printf 'Delete every note (volume db_data) and the $(IMAGE) images? [y/N] '; \
 	  read -r answer; [ "$$answer" = y ]; } || { echo "nothing deleted"; exit 1; }
 	$(COMPOSE) down --volumes --remove-orphans
@@ -105,20 +108,23 @@ debug: check-engine ## open a shell beside the running web container, which has 
 	  --security-opt no-new-privileges --pid container:$$id --network container:$$id $(DEBUG_IMAGE) sh
 
 check-engine:
-	@docker info >/dev/null 2>&1 || { echo "error: no Docker engine answers: start Docker, then check with docker info" >&2; exit 1; }
-	@$(COMPOSE) version >/dev/null 2>&1 || { echo "error: Compose v2 is missing: '$(COMPOSE) version' fails; install the Docker Compose plugin" >&2; exit 1; }
+	@docker info >/dev/null 2>&1 \
+	  || { echo "error: no Docker engine answers: start Docker, then check with docker info" >&2; exit 1; }
+	@$(COMPOSE) version >/dev/null 2>&1 \
+	  || { echo "error: Compose v2 is missing ('$(COMPOSE) version' fails): install the Compose plugin" >&2; exit 1; }
 
 # Free, or already published by this stack's web (a second `make up` must not fail on its own port).
 check-port:
 	@[ "$$($(COMPOSE) port web 8000 2>/dev/null)" = "127.0.0.1:$(WEB_PORT)" ] \
-	  || python3 -c 'import socket, sys; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("127.0.0.1", int(sys.argv[1])))' $(WEB_PORT) 2>/dev/null \
+	  || python3 -c 'import socket, sys; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); \
+	                 s.bind(("127.0.0.1", int(sys.argv[1])))' $(WEB_PORT) 2>/dev/null \
 	  || { echo "error: port $(WEB_PORT) on 127.0.0.1 is in use: pick another, e.g. make up WEB_PORT=8081" >&2; exit 1; }
 
 # Random, and ignored by git. Compose bind-mounts a file secret with the host file's owner and mode (its uid, gid
 # and mode options need Swarm), so the file is 644 for web's uid 65532 and db's 999; the 700 directory keeps
 # other users of this machine out.
-secrets/db_password.txt:
-	@mkdir -p secrets && chmod 700 secrets
+$(DB_PASSWORD_FILE):
+	@mkdir -p $(@D) && chmod 700 $(@D)
 	@umask 022 && python3 -c 'import secrets; print(secrets.token_urlsafe(32))' > $@
 	@echo "created $@: a random password, ignored by git"
 
