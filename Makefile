@@ -17,7 +17,7 @@ PYTEST := $(VENV)/bin/python -m pytest
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z0-9-]+:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-venv: $(VENV)/.installed $(VENV)/checkov/bin/checkov ## create .venv with the pinned test and tool dependencies
+venv: $(VENV)/.installed $(VENV)/checkov/bin/checkov $(VENV)/scan/.installed ## create .venv with the pinned test and tool dependencies
 
 $(VENV)/.installed: tests/requirements.txt requirements.txt
 	python3 -m venv $(VENV)
@@ -28,6 +28,12 @@ $(VENV)/.installed: tests/requirements.txt requirements.txt
 $(VENV)/checkov/bin/checkov: tests/requirements-checkov.txt | $(VENV)/.installed
 	python3 -m venv $(VENV)/checkov
 	$(VENV)/checkov/bin/pip install --quiet --require-hashes -r tests/requirements-checkov.txt
+	touch $@
+
+# The scanners get one too: cyclonedx-bom needs a newer cyclonedx-python-lib than checkov pins.
+$(VENV)/scan/.installed: tests/requirements-scan.txt | $(VENV)/.installed
+	python3 -m venv $(VENV)/scan
+	$(VENV)/scan/bin/pip install --quiet --require-hashes -r tests/requirements-scan.txt
 	touch $@
 
 test: venv ## run every test: the app against a real Postgres, the images, Compose and Kubernetes manifests
@@ -41,10 +47,13 @@ BUILD_ARGS = --build-arg PYTHON_IMAGE --build-arg BUILD_IMAGE --build-arg DISTRO
   --build-arg CREATED=$(shell date -u +%Y-%m-%dT%H:%M:%SZ) --build-arg SOURCE=$(SOURCE)
 SOURCE ?= $(shell git config --get remote.origin.url 2>/dev/null || echo unknown)
 
-.PHONY: build compare k8s-validate
+.PHONY: build compare k8s-validate scan
 build: ## build both images: $(IMAGE):slim and $(IMAGE):distroless, each also tagged with the git revision
 	docker build $(BUILD_ARGS) -f Dockerfile -t $(IMAGE):slim -t $(IMAGE):slim-$(REVISION) .
 	docker build $(BUILD_ARGS) -f Dockerfile.distroless -t $(IMAGE):distroless -t $(IMAGE):distroless-$(REVISION) .
+
+scan: build venv ## lint and scan offline: hadolint, checkov, yamllint, SBOMs in build/sbom/, secrets, vulnerabilities
+	$(VENV)/scan/bin/python bench/scan/scan.py --image-repository $(IMAGE)
 
 compare: build venv ## one row per variant: size, layers, user, shell, package manager, setuid files, build times
 	$(VENV)/bin/python bench/compare.py $(IMAGE)
