@@ -17,11 +17,17 @@ PYTEST := $(VENV)/bin/python -m pytest
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z0-9-]+:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-venv: $(VENV)/.installed $(VENV)/checkov/bin/checkov $(VENV)/scan/.installed ## create .venv with the pinned test and tool dependencies
+venv: $(VENV)/.installed $(VENV)/.fuzz-installed $(VENV)/checkov/bin/checkov $(VENV)/scan/.installed ## create .venv with the pinned test and tool dependencies
 
 $(VENV)/.installed: tests/requirements.txt requirements.txt
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --require-hashes -r tests/requirements.txt
+	touch $@
+
+# schemathesis and hypothesis, for the bad-input drill: compiled with tests/requirements.txt as constraints, so they
+# share the tests' virtual environment.
+$(VENV)/.fuzz-installed: tests/requirements-fuzz.txt $(VENV)/.installed
+	$(VENV)/bin/pip install --quiet --require-hashes -r tests/requirements-fuzz.txt
 	touch $@
 
 # checkov pins packaging<24 and pytest needs >=24: it gets a virtual environment of its own.
@@ -47,13 +53,19 @@ BUILD_ARGS = --build-arg PYTHON_IMAGE --build-arg BUILD_IMAGE --build-arg DISTRO
   --build-arg CREATED=$(shell date -u +%Y-%m-%dT%H:%M:%SZ) --build-arg SOURCE=$(SOURCE)
 SOURCE ?= $(shell git config --get remote.origin.url 2>/dev/null || echo unknown)
 
-.PHONY: build compare k8s-validate scan
-build: ## build both images: $(IMAGE):slim and $(IMAGE):distroless, each also tagged with the git revision
+.PHONY: build compare k8s-validate scan bench drills
+build: ## build both images: notes-web:slim and notes-web:distroless, each also tagged with the git revision
 	docker build $(BUILD_ARGS) -f Dockerfile -t $(IMAGE):slim -t $(IMAGE):slim-$(REVISION) .
 	docker build $(BUILD_ARGS) -f Dockerfile.distroless -t $(IMAGE):distroless -t $(IMAGE):distroless-$(REVISION) .
 
 scan: build venv ## lint and scan offline: hadolint, checkov, yamllint, SBOMs in build/sbom/, secrets, vulnerabilities
 	$(VENV)/scan/bin/python bench/scan/scan.py --image-repository $(IMAGE)
+
+bench: venv ## measure the naive image, slim, distroless and a bare-WSGI ceiling side by side; writes docs/benchmarks.md
+	$(VENV)/bin/python bench/bench.py
+
+drills: build venv ## durability, graceful stop, database outage and bad input against notes-web:slim; prints counts
+	$(VENV)/bin/python bench/drills.py $(IMAGE):slim
 
 compare: build venv ## one row per variant: size, layers, user, shell, package manager, setuid files, build times
 	$(VENV)/bin/python bench/compare.py $(IMAGE)
@@ -92,7 +104,7 @@ ps: check-engine ## list the stack's containers with their health, and migrate's
 watch: check-engine check-port $(DB_PASSWORD_FILE) ## run the stack in the foreground, rebuilding web on code changes
 	$(COMPOSE) up --build --watch
 
-clean: check-engine ## delete the containers, volume db_data (every note) and the $(IMAGE) images; asks unless FORCE=1
+clean: check-engine ## delete the containers, volume db_data (every note) and the notes-web images; asks unless FORCE=1
 	@[ "$(FORCE)" = 1 ] || { printf 'Delete every note (volume db_data) and the $(IMAGE) images? [y/N] '; \
 	  read -r answer; [ "$$answer" = y ]; } || { echo "nothing deleted"; exit 1; }
 	$(COMPOSE) down --volumes --remove-orphans

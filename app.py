@@ -187,6 +187,10 @@ pool = ConnectionPool(
     # Checking a connection as it leaves the pool discards those that died with a database restart,
     # so the first requests after an outage succeed instead of failing on a dead connection.
     check=ConnectionPool.check_connection,
+    # A background reconnection backs off exponentially (1 s, 2 s, 4 s ...): after a long outage its next try
+    # could land seconds after the database is back. Giving up after 2 s leaves reconnecting to the next
+    # request, which starts a fresh attempt at once.
+    reconnect_timeout=2,
     open=False,
     name="web",
 )

@@ -152,3 +152,4 @@ def images(tmp_path_factory):
 def pytest_configure(config):
     config.addinivalue_line("markers", "base_images: the base-image contract (tests/test_base_images.py)")
     config.addinivalue_line("markers", "docker: needs a Docker engine and the built images")
+    config.addinivalue_line("markers", "slow: drills against real containers, minutes in all (tests/test_drills.py)")

@@ -1,0 +1,201 @@
+"""What bench.py, drills.py and tests/test_drills.py share: a stack of containers and a load that records outcomes.
+
+A stack is what compose.yaml runs, made with testcontainers so that each run owns its containers: Postgres on a
+network of its own under the alias `db`, the schema migrated by the web image itself, and web started with
+compose.yaml's restrictions. Web is published on a fixed 127.0.0.1 port, so that it keeps it across a restart.
+"""
+
+import itertools
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import requests
+
+# Ryuk, testcontainers' clean-up container, cannot be pulled here; every container below is removed by its `with`.
+os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
+os.environ.setdefault("TESTCONTAINERS_CONNECTION_MODE", "docker_host")
+os.environ.setdefault("TC_HOST", "127.0.0.1")
+
+# Imported after the settings above, which testcontainers reads when it is imported.
+from testcontainers.community.postgres import PostgresContainer  # noqa: E402
+from testcontainers.core.container import DockerContainer  # noqa: E402
+from testcontainers.core.network import Network  # noqa: E402
+
+POSTGRES_IMAGE = os.environ.get("POSTGRES_IMAGE", "postgres:17-trixie")
+# `docker ps --filter label=notes.bench` finds what a run left behind, if it was killed before its clean-up.
+LABEL = {"notes.bench": "harness"}
+DB_PASSWORD = uuid.uuid4().hex
+DATABASE_ENV = {"DATABASE_URL": "postgresql://notes@db:5432/notes", "DATABASE_PASSWORD": DB_PASSWORD}
+MIGRATE = ["python", "-m", "flask", "--app", "app", "migrate"]
+# compose.yaml's restrictions on web: a drill must find what production would, not what a laxer container would.
+RESTRICTIONS = {"read_only": True, "cap_drop": ["ALL"], "security_opt": ["no-new-privileges:true"], "labels": LABEL}
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until(condition, timeout, what):
+    """Polls `condition` until it returns a true value, which it returns; a refused connection counts as false."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if result := condition():
+                return result
+        except requests.RequestException:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"{what}: not within {timeout} s")
+
+
+def answers(url):
+    """A condition for wait_until: `url` answers 200."""
+    return lambda: requests.get(url, timeout=2).status_code == 200
+
+
+# ---------------------------------------------------------------------------------------------- containers
+
+
+def postgres(network):
+    container = PostgresContainer(POSTGRES_IMAGE, username="notes", password=DB_PASSWORD, dbname="notes")
+    return container.with_network(network).with_network_aliases("db").with_kwargs(labels=LABEL)
+
+
+def migrate(image, network):
+    """Runs `flask migrate` from the web image, as compose.yaml's migrate service does."""
+    container = DockerContainer(image).with_network(network).with_command(MIGRATE).with_kwargs(labels=LABEL)
+    for name, value in DATABASE_ENV.items():
+        container.with_env(name, value)
+    with container:
+        status = container.get_wrapped_container().wait(timeout=60)["StatusCode"]
+        assert status == 0, f"migrate exited {status}: {container.get_logs()}"
+
+
+def web(image, network, port):
+    container = DockerContainer(image).with_network(network).with_kwargs(**RESTRICTIONS)
+    container.with_tmpfs_mount("/tmp", "size=16m")  # the one writable path, as in compose.yaml
+    for name, value in DATABASE_ENV.items():
+        container.with_env(name, value)
+    container.ports["8000/tcp"] = ("127.0.0.1", port)
+    return container
+
+
+@dataclass
+class Stack:
+    network: Network
+    db: PostgresContainer
+    web: DockerContainer
+    port: int
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    def docker(self, service):
+        """The docker-py container of `db` or `web`, fresh from the engine (status, exit code, restart count)."""
+        container = getattr(self, service).get_wrapped_container()
+        container.reload()
+        return container
+
+
+@contextmanager
+def stack(image):
+    """db and web on a network of their own, web ready (/readyz 200); everything is removed on exit."""
+    port = free_port()
+    with Network() as network, postgres(network) as db:
+        migrate(image, network)
+        with web(image, network, port) as app:
+            wait_until(answers(f"http://127.0.0.1:{port}/readyz"), 30, f"{image} ready")
+            yield Stack(network, db, app, port)
+
+
+# ---------------------------------------------------------------------------------------------- load
+
+
+@dataclass
+class Outcome:
+    sent: float  # time.monotonic() when the request started
+    done: float
+    status: int | None  # None: no HTTP response at all (refused, reset, timed out)
+    body: str
+    text: str | None  # the note a POST sent
+
+
+@dataclass
+class Load:
+    """Threads that each send one request after another until the `with` block ends, recording every outcome.
+
+    Each thread creates notes with unique texts (POST /api/notes); with `reads`, it alternates them with
+    GET /api/notes, so that both the write and the read path meet whatever the drill does to the stack.
+    """
+
+    url: str
+    threads: int = 4
+    reads: bool = False
+    timeout: float = 10
+    outcomes: list = field(default_factory=list)
+    run: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+
+    def __enter__(self):
+        self._stopping = threading.Event()
+        self._workers = [threading.Thread(target=self._send, args=(number,)) for number in range(self.threads)]
+        for worker in self._workers:
+            worker.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self._stopping.set()
+        for worker in self._workers:
+            worker.join()
+
+    def _send(self, thread):
+        session = requests.Session()
+        for count in itertools.count():
+            if self._stopping.is_set():
+                return
+            text = None
+            sent = time.monotonic()
+            try:
+                if self.reads and count % 2:
+                    response = session.get(f"{self.url}/api/notes", params={"limit": 5}, timeout=self.timeout)
+                else:
+                    text = f"load {self.run} {thread} {count}"
+                    response = session.post(f"{self.url}/api/notes", json={"text": text}, timeout=self.timeout)
+                status, body = response.status_code, response.text
+            except requests.RequestException as error:
+                status, body = None, f"{type(error).__name__}: {error}"
+            self.outcomes.append(Outcome(sent, time.monotonic(), status, body, text))
+            if status is None:
+                # A refused connection fails at once: without a pause the threads would spin, taking the CPU
+                # that the containers being restarted need.
+                self._stopping.wait(0.05)
+
+    def acknowledged(self):
+        """{id: text} of every note the service answered 201 for."""
+        return {json.loads(o.body)["id"]: o.text for o in list(self.outcomes) if o.status == 201}
+
+    def wait_for_acknowledged(self, count, after=0.0, timeout=30):
+        """Waits until `count` notes sent after the monotonic time `after` have been acknowledged."""
+        wait_until(lambda: sum(o.status == 201 and o.sent >= after for o in list(self.outcomes)) >= count,
+                   timeout, f"{count} acknowledged notes")
+
+
+def stored_notes(url):
+    """{id: text} of every note the service returns, page by page."""
+    notes, before = {}, None
+    while True:
+        params = {"limit": 100} | ({"before": before} if before else {})
+        page = requests.get(f"{url}/api/notes", params=params, timeout=10)
+        page.raise_for_status()
+        notes |= {note["id"]: note["text"] for note in page.json()["notes"]}
+        before = page.json()["next"]
+        if before is None:
+            return notes
