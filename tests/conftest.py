@@ -125,17 +125,22 @@ def exported_files(client, image):
         return {member.name.lstrip("./"): member for member in archive.getmembers()}
 
 
-@pytest.fixture(scope="session")
-def images(tmp_path_factory):
-    """Both variants, built once by `make build` from a copy of the build context with secrets planted in it:
-    a .env, a .git/ and a secrets/ folder, as a developer's checkout has."""
-    context = tmp_path_factory.mktemp("context")
+def copy_repository(destination):
+    """The working tree's files that git tracks or would track, copied to `destination`; returns it."""
     listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPOSITORY,
                             capture_output=True, text=True, check=True).stdout.split()
     for name in listed:
         if (REPOSITORY / name).is_file():
-            (context / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPOSITORY / name, context / name)
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPOSITORY / name, destination / name)
+    return destination
+
+
+@pytest.fixture(scope="session")
+def images(tmp_path_factory):
+    """Both variants, built once by `make build` from a copy of the build context with secrets planted in it:
+    a .env, a .git/ and a secrets/ folder, as a developer's checkout has."""
+    context = copy_repository(tmp_path_factory.mktemp("context"))
     (context / ".env").write_text(f"DATABASE_PASSWORD={PLANTED_SECRET}\n")
     (context / "secrets").mkdir()
     (context / "secrets" / "db_password.txt").write_text(PLANTED_SECRET)

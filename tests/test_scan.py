@@ -10,14 +10,13 @@ import json
 import os
 import re
 import secrets
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPOSITORY, VARIANTS
+from conftest import REPOSITORY, VARIANTS, copy_repository
 
 SCAN_VENV = Path(sys.prefix) / "scan"
 CHECKS = ("hadolint", "checkov Dockerfile", "checkov k8s", "yamllint", "sbom", "secrets", "vulnerabilities")
@@ -66,13 +65,7 @@ def scan_of_the_images(images, tmp_path_factory):
 @pytest.fixture
 def repository_copy(tmp_path):
     """The repository's files, copied so that a test can break one and scan the copy with --root."""
-    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPOSITORY,
-                            capture_output=True, text=True, check=True).stdout.split()
-    for name in listed:
-        if (REPOSITORY / name).is_file():
-            (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPOSITORY / name, tmp_path / name)
-    return tmp_path
+    return copy_repository(tmp_path)
 
 
 @pytest.fixture(scope="session")
