@@ -267,10 +267,20 @@ def healthz():
     return {"status": "ok"}
 
 
+def schema_version(conn):
+    if conn.execute("SELECT to_regclass('schema_migrations')").fetchone()[0] is None:
+        return 0
+    return conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()[0]
+
+
 @app.get("/readyz")
 def readyz():
+    # Ready means able to serve notes: the database answers and `migrate` has run. A new pod then joins its
+    # Service only after the migration Job, even though nothing else orders them in Kubernetes.
     with database() as conn:
-        conn.execute("SELECT 1")
+        version = schema_version(conn)
+    if version < len(MIGRATIONS):
+        return error_body("schema_not_migrated", "the database schema is not up to date: run migrate"), 503
     return {"status": "ready"}
 
 

@@ -3,6 +3,7 @@
 import importlib
 import io
 import os
+import runpy
 import shutil
 import socket
 import subprocess
@@ -41,6 +42,8 @@ APP_VARIABLES = (
 
 
 VARIANTS = ("slim", "distroless")
+# How long gunicorn lets requests finish after SIGTERM; every grace period in compose.yaml and k8s/ must exceed it.
+GRACEFUL_TIMEOUT = runpy.run_path(str(REPOSITORY / "gunicorn.conf.py"))["graceful_timeout"]
 # Planted in the build context of the images under test; it must never reach an image.
 PLANTED_SECRET = "planted-secret-value-that-must-never-ship"
 
@@ -127,10 +130,10 @@ def exported_files(client, image):
 
 def copy_repository(destination):
     """The working tree's files that git tracks or would track, copied to `destination`; returns it."""
-    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPOSITORY,
-                            capture_output=True, text=True, check=True).stdout.split()
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPOSITORY,
+                            capture_output=True, text=True, check=True).stdout.split("\0")
     for name in listed:
-        if (REPOSITORY / name).is_file():
+        if name and (REPOSITORY / name).is_file():
             (destination / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPOSITORY / name, destination / name)
     return destination

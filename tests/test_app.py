@@ -16,6 +16,8 @@ import pytest
 from conftest import REPOSITORY, free_port
 from psycopg import sql
 
+pytestmark = pytest.mark.docker  # against a real Postgres in a container
+
 RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
 REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")
 BIGINT_MAX = 2**63 - 1
@@ -450,6 +452,23 @@ def test_migrate_gives_up_on_an_unreachable_database_after_its_wait_with_one_lin
     [line] = result.stderr.splitlines()
     assert line.startswith("Error: cannot connect to the database within 2 s: ")
     assert postgres.password not in result.stdout + result.stderr
+
+
+def test_readyz_is_unavailable_until_the_schema_is_migrated(app_environment, fresh_database_url):
+    environment = {**app_environment, "DATABASE_URL": fresh_database_url}
+    script = "from app import app; r = app.test_client().get('/readyz'); print(r.status_code, r.get_json())"
+
+    def readyz():
+        result = subprocess.run([sys.executable, "-c", script], env=environment, cwd=REPOSITORY,
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        status, body = result.stdout.splitlines()[-1].split(" ", 1)
+        return int(status), body
+
+    status, body = readyz()
+    assert status == 503 and "schema_not_migrated" in body
+    assert flask_cli(environment, "migrate").returncode == 0
+    assert readyz() == (200, str({"status": "ready"}))
 
 
 def test_the_app_creates_no_schema(app_environment, postgres, fresh_database_url):

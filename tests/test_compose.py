@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import docker
 import pytest
 import requests
-from conftest import POSTGRES_IMAGE, REPOSITORY, VARIANTS, free_port
+from conftest import GRACEFUL_TIMEOUT, POSTGRES_IMAGE, REPOSITORY, VARIANTS, free_port
 from requests.adapters import HTTPAdapter
 from testcontainers.community.postgres import PostgresContainer
 from testcontainers.compose import DockerCompose
@@ -37,8 +37,6 @@ MIGRATE = ["python", "-m", "flask", "--app", "app", "migrate"]
 http = requests.Session()
 http.mount("http://", HTTPAdapter(max_retries=Retry(total=7, backoff_factor=0.25, status_forcelist=[503],
                                                     allowed_methods=None)))
-GRACEFUL_TIMEOUT = int(re.search(r"^graceful_timeout = (\d+)$", (REPOSITORY / "gunicorn.conf.py").read_text(),
-                                 re.MULTILINE)[1])
 
 
 # ---------------------------------------------------------------------------------------------- fixtures
@@ -286,7 +284,8 @@ def test_named_volume_keeps_every_note_when_a_new_postgres_container_takes_it_ov
     web = DockerContainer(images["slim"]).with_network(network).with_kwargs(labels=TEST_LABEL)
     web.with_envs(DATABASE_URL="postgresql://notes@db:5432/notes", DATABASE_PASSWORD=DB_PASSWORD)
     web.ports["8000"] = ("127.0.0.1", free_port())
-    with web.waiting_for(HttpWaitStrategy(8000, "/readyz")):
+    # Live, not ready: readiness waits for the schema, which the migration below creates.
+    with web.waiting_for(HttpWaitStrategy(8000, "/healthz")):
         assert web.exec(MIGRATE).exit_code == 0
         url = f"http://127.0.0.1:{web.get_exposed_port(8000)}"
         texts = {add_note(url, f"note {number} before the new container") for number in range(5)}

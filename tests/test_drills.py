@@ -13,7 +13,7 @@ from conftest import REPOSITORY
 sys.path.insert(0, str(REPOSITORY / "bench"))
 import drills  # noqa: E402
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.docker]
 
 
 def test_no_acknowledged_note_is_lost_when_the_db_container_is_killed(images):
