@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import docker
@@ -46,6 +47,15 @@ VARIANTS = ("slim", "distroless")
 GRACEFUL_TIMEOUT = runpy.run_path(str(REPOSITORY / "gunicorn.conf.py"))["graceful_timeout"]
 # Planted in the build context of the images under test; it must never reach an image.
 PLANTED_SECRET = "planted-secret-value-that-must-never-ship"
+
+
+def wait_until(condition, timeout, interval=0.1, explain=lambda: ""):
+    """Poll until condition() is true; fail after timeout seconds, with what explain() says."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout} s {explain()}")
+        time.sleep(interval)
 
 
 def free_port():

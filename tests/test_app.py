@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
-from conftest import REPOSITORY, free_port
+from conftest import REPOSITORY, free_port, wait_until
 from psycopg import sql
 
 pytestmark = pytest.mark.docker  # against a real Postgres in a container
@@ -21,15 +21,6 @@ pytestmark = pytest.mark.docker  # against a real Postgres in a container
 RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
 REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")
 BIGINT_MAX = 2**63 - 1
-
-
-def wait_until(condition, timeout, interval=0.1):
-    """Poll until condition() is true; fail after timeout seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout} s")
-        time.sleep(interval)
 
 
 def connect(postgres, url):

@@ -18,6 +18,7 @@ from conftest import (
     REPOSITORY,
     VARIANTS,
     exported_files,
+    wait_until,
 )
 from testcontainers.community.postgres import PostgresContainer
 from testcontainers.core.container import DockerContainer
@@ -73,7 +74,7 @@ def web(images, network, database, variant):
         started.append(container)
         url = f"http://127.0.0.1:{container.get_exposed_port(8000)}"
         if wait:
-            wait_until(lambda: requests.get(f"{url}/healthz", timeout=1).ok, container)
+            wait_while_running(lambda: requests.get(f"{url}/healthz", timeout=1).ok, container)
         return container, url
 
     yield start
@@ -81,18 +82,17 @@ def web(images, network, database, variant):
         container.stop()
 
 
-def wait_until(condition, container, timeout=30):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if condition():
-                return
-        except requests.RequestException:
-            pass
+def wait_while_running(condition, container, timeout=30):
+    """wait_until, failing at once if the container exits; a request that fails counts as not yet."""
+    def met():
         container.reload()
         assert container.status == "running", container.get_logs()
-        time.sleep(0.2)
-    raise AssertionError(f"condition not met within {timeout} s: {container.get_logs()}")
+        try:
+            return condition()
+        except requests.RequestException:
+            return False
+
+    wait_until(met, timeout, interval=0.2, explain=container.get_logs)
 
 
 # Counts the connections to port 8000 that a gunicorn worker has accept()ed: a socket the kernel established but
@@ -249,7 +249,7 @@ def test_healthcheck_turns_the_container_healthy(web):
         wrapped.reload()
         return wrapped.attrs["State"]["Health"]["Status"] == "healthy"
 
-    wait_until(healthy, container, timeout=60)
+    wait_while_running(healthy, container, timeout=60)
 
 
 def test_docker_stop_lets_an_in_flight_request_finish(web):
@@ -260,11 +260,11 @@ def test_docker_stop_lets_an_in_flight_request_finish(web):
         client.sendall(b"POST /api/notes HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
                        b"Connection: close\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n")
         client.sendall(body[:5])
-        wait_until(lambda: run_python(container, ACCEPTED_CONNECTIONS) == (0, "1\n"), container)
+        wait_while_running(lambda: run_python(container, ACCEPTED_CONNECTIONS) == (0, "1\n"), container)
         started = time.monotonic()
         stopper = subprocess.Popen(["docker", "stop", "--time", str(GRACEFUL_TIMEOUT + 10),
                                     container.get_container_id()], stdout=subprocess.DEVNULL)
-        wait_until(lambda: b"Handling signal: term" in b"".join(container.get_logs()), container)
+        wait_while_running(lambda: b"Handling signal: term" in b"".join(container.get_logs()), container)
         client.sendall(body[5:])
         response = client.makefile("rb").read().decode()
         stopper.wait(timeout=GRACEFUL_TIMEOUT + 20)

@@ -16,7 +16,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -26,7 +25,7 @@ import kubernetes_validate
 import pytest
 import requests
 import yaml
-from conftest import GRACEFUL_TIMEOUT
+from conftest import GRACEFUL_TIMEOUT, wait_until
 from yamllint import linter
 from yamllint.config import YamlLintConfig
 
@@ -922,16 +921,17 @@ def test_rendered_pods_run_migrate_and_answer_their_probes_under_docker(manifest
                               check=True).stdout.split(":")[-1].strip()
         [container] = pod_template(web_deployment)["spec"]["containers"]
         probes = {kind: container[kind]["httpGet"]["path"] for kind in ("readinessProbe", "livenessProbe")}
-        deadline = time.monotonic() + 30
         answers: dict = {}
-        while answers != {kind: 200 for kind in probes} and time.monotonic() < deadline:
-            time.sleep(0.2)
+
+        def probes_answer_200():
             try:
-                answers = {kind: requests.get(f"http://127.0.0.1:{port}{path}", timeout=2).status_code
-                           for kind, path in probes.items()}
+                answers.update({kind: requests.get(f"http://127.0.0.1:{port}{path}", timeout=2).status_code
+                                for kind, path in probes.items()})
             except requests.ConnectionError:
-                continue
-        assert answers == {"readinessProbe": 200, "livenessProbe": 200}
+                return False
+            return answers == {"readinessProbe": 200, "livenessProbe": 200}
+
+        wait_until(probes_answer_200, timeout=30, interval=0.2, explain=lambda: str(answers))
     finally:
         subprocess.run(["docker", "rm", "--force", "--volumes", *started], capture_output=True)
         subprocess.run(["docker", "volume", "rm", volume], capture_output=True)
