@@ -1,9 +1,10 @@
 """Notes: a small Flask + PostgreSQL web service.
 
-Read top to bottom: configuration -> database -> routes -> error handlers -> command-line entry.
+Read top to bottom: configuration -> database -> routes -> error handlers -> application factory -> command line.
+Importing this module does nothing but define things; `create_app()` reads the environment and builds the app.
 
-    gunicorn -c gunicorn.conf.py app:app    # serve
-    flask --app app migrate                 # create or upgrade the schema
+    gunicorn -c gunicorn.conf.py 'app:create_app()'   # serve
+    flask --app app migrate                           # create or upgrade the schema
 """
 
 import atexit
@@ -12,17 +13,20 @@ import logging
 import os
 import re
 import sys
+import threading
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import click
+import gevent
 import psycopg
-from flask import Flask, Response, abort, g, has_request_context, request, url_for
+from flask import Blueprint, Flask, Response, abort, current_app, g, has_request_context, request, url_for
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
-from werkzeug.exceptions import BadRequest, HTTPException
+from werkzeug.exceptions import BadRequest, ClientDisconnected, HTTPException
 from werkzeug.routing import IntegerConverter
 
 # ---------------------------------------------------------------------------------------------- configuration
@@ -30,14 +34,17 @@ from werkzeug.routing import IntegerConverter
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
-class ConfigError(Exception):
-    """A configuration value the service cannot use; the message starts with the variable's name."""
+class ConfigError(SystemExit):
+    """A setting the service cannot use. A SystemExit, so that gunicorn and `flask migrate` stop with its one line."""
+
+    def __init__(self, message):
+        super().__init__(f"configuration error: {message}")
 
 
 @dataclass(frozen=True)
 class Config:
     name: str
-    database_url: str
+    database_url: str | None  # None: not set; the service starts, and everything that needs the database answers 503
     database_password: str | None = field(repr=False)  # repr=False: a printed Config never shows the password
     log_level: str
     pool_min_size: int
@@ -45,9 +52,11 @@ class Config:
 
 
 def read_database_url(environ):
-    url = environ.get("DATABASE_URL", "")
+    url = environ.get("DATABASE_URL")
+    if url is None:
+        return None
     if not url.startswith(("postgresql://", "postgres://")):
-        raise ConfigError("DATABASE_URL: must be set to a URL such as postgresql://app@db:5432/app")
+        raise ConfigError("DATABASE_URL: must be a URL such as postgresql://app@db:5432/app (or unset)")
     try:
         conninfo_to_dict(url)
     except psycopg.ProgrammingError:
@@ -142,11 +151,6 @@ def configure_logging(level):
     logging.getLogger("psycopg.pool").setLevel(max(logging.WARNING, logging.root.level))
 
 
-try:
-    config = load_config(os.environ)
-except ConfigError as error:
-    sys.exit(f"configuration error: {error}")
-configure_logging(config.log_level)
 log = logging.getLogger("app")
 
 # ---------------------------------------------------------------------------------------------- database
@@ -166,54 +170,108 @@ MIGRATIONS = (
 MIGRATION_LOCK = 0x6E6F746573
 # How long a request waits for a pooled connection before it answers 503.
 DATABASE_WAIT_SECONDS = 1.0
+# The most a request spends on the database in all, waiting for a connection included, before it answers 503.
+# The server stops a statement at the same bound (statement_timeout); the client stops waiting even when the server
+# cannot say so: a frozen server's kernel still acknowledges every packet, so no TCP timeout would ever fire.
+DATABASE_TIMEOUT_SECONDS = 2.0
 # Bounds each connection attempt, so an unreachable host cannot hang a pool thread or `migrate` for minutes.
 CONNECT_TIMEOUT_SECONDS = 5
 
 
-def connection_options(application_name):
-    # application_name shows in pg_stat_activity which process holds a connection.
-    options = {"application_name": application_name, "connect_timeout": CONNECT_TIMEOUT_SECONDS}
+class DatabaseTimeout(psycopg.OperationalError):
+    """The database did not answer within DATABASE_TIMEOUT_SECONDS."""
+
+
+class DatabaseNotConfigured(Exception):
+    """DATABASE_URL is not set."""
+
+
+def connection_options(config, application_name):
+    options = {
+        # Shows in pg_stat_activity which process holds a connection.
+        "application_name": application_name,
+        "connect_timeout": CONNECT_TIMEOUT_SECONDS,
+        "options": f"-c statement_timeout={int(DATABASE_TIMEOUT_SECONDS * 1000)}",
+        # A peer that vanishes (a cut network, a node lost) is noticed within seconds, not the kernel's two hours:
+        # unanswered data for 10 s, or an idle connection whose keepalive probes get no answer.
+        "keepalives": 1,
+        "keepalives_idle": 10,
+        "keepalives_interval": 2,
+        "keepalives_count": 3,
+        "tcp_user_timeout": 10_000,
+    }
     if config.database_password:
         options["password"] = config.database_password
     return options
 
 
-pool = ConnectionPool(
-    config.database_url,
-    kwargs=connection_options("notes-web"),
-    min_size=config.pool_min_size,
-    max_size=config.pool_max_size,
-    timeout=DATABASE_WAIT_SECONDS,
-    # Checking a connection as it leaves the pool discards those that died with a database restart,
-    # so the first requests after an outage succeed instead of failing on a dead connection.
-    check=ConnectionPool.check_connection,
-    # A background reconnection backs off exponentially (1 s, 2 s, 4 s ...): after a long outage its next try
-    # could land seconds after the database is back. Giving up after 2 s leaves reconnecting to the next
-    # request, which starts a fresh attempt at once.
-    reconnect_timeout=2,
-    open=False,
-    name="web",
-)
-# Close connections on exit, so PostgreSQL sees a goodbye rather than logging an unexpected EOF.
-atexit.register(pool.close)
+class Database:
+    """The app's connection pool, opened on first use.
+
+    Not at construction: gunicorn builds the app in its master process and forks the workers afterwards, and the
+    pool's background workers would not survive the fork.
+    """
+
+    def __init__(self, config):
+        self.pool = ConnectionPool(
+            config.database_url,
+            # Autocommit: each statement is its own transaction, so a read or a single-row write is one round trip,
+            # with no BEGIN before it and no COMMIT after it.
+            kwargs={"autocommit": True, **connection_options(config, "notes-web")},
+            min_size=config.pool_min_size,
+            max_size=config.pool_max_size,
+            timeout=DATABASE_WAIT_SECONDS,
+            # A background reconnection backs off exponentially (1 s, 2 s, 4 s ...): after a long outage its next
+            # try could land seconds after the database is back. Giving up after 2 s leaves reconnecting to the
+            # next request, which starts a fresh attempt at once.
+            reconnect_timeout=2,
+            open=False,
+            name="web",
+        )
+        self._checking = threading.Lock()
+        # Close connections on exit, so PostgreSQL sees a goodbye rather than logging an unexpected EOF.
+        atexit.register(self.pool.close)
+
+    @contextmanager
+    def connection(self):
+        """Borrow a connection for one request's statements, within DATABASE_TIMEOUT_SECONDS."""
+        self.pool.open()
+        # Under gunicorn's gevent worker the timeout interrupts a request blocked on the socket; elsewhere (the
+        # flask CLI, in-process tests) nothing yields to gevent's hub, and it never fires.
+        with gevent.Timeout(DATABASE_TIMEOUT_SECONDS, DatabaseTimeout("the database did not answer in time")):
+            with self.pool.connection() as conn:
+                try:
+                    yield conn
+                except psycopg.OperationalError:
+                    if conn.broken:
+                        self._discard_dead_connections()
+                    raise
+
+    def _discard_dead_connections(self):
+        """One connection died (a database restart kills them all): test the idle ones now, in the background.
+
+        The pool checks nothing as it lends a connection, which would cost a round trip on every request; instead
+        the first request that meets a dead connection answers 503, and the rest are found and replaced at once.
+        """
+        if self._checking.acquire(blocking=False):
+            threading.Thread(target=self._check, daemon=True).start()
+
+    def _check(self):
+        try:
+            self.pool.check()
+        finally:
+            self._checking.release()
 
 
-def database():
-    """Borrow a pooled connection: `with database() as conn:` commits on success, rolls back on error."""
-    # The pool opens on first use, not at import: importing needs no database (gunicorn, `flask migrate`),
-    # and gunicorn forks its workers after importing, which the pool's threads would not survive.
-    pool.open()
-    return pool.connection()
-
-
-def connect_within(seconds):
+def connect_within(config, seconds):
     """A direct connection for `migrate`, retried while the database starts up, for at most `seconds`."""
     deadline = time.monotonic() + seconds
     while True:
         try:
-            return psycopg.connect(config.database_url, **connection_options("notes-migrate"))
-        except psycopg.OperationalError:
-            if time.monotonic() >= deadline:
+            return psycopg.connect(config.database_url, **connection_options(config, "notes-migrate"))
+        except psycopg.OperationalError as error:
+            # A wrong password stays wrong: say so now instead of retrying it until the deadline.
+            if "password authentication failed" in str(error) or time.monotonic() >= deadline:
                 raise
             time.sleep(1)
 
@@ -237,43 +295,50 @@ def apply_migrations(conn):
     return applied
 
 
+def database():
+    """The current app's connection: `with database() as conn:`."""
+    db = current_app.extensions["notes.database"]
+    if db is None:
+        raise DatabaseNotConfigured()
+    return db.connection()
+
+
 # ---------------------------------------------------------------------------------------------- routes
 
-app = Flask(__name__)
-# Bodies over 64 KiB are refused with 413 before they are read into memory.
-app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
+routes = Blueprint("notes", __name__)
 
 
-@app.before_request
+@routes.before_app_request
 def assign_request_id():
     g.request_id = uuid.uuid4().hex
 
 
-@app.after_request
+@routes.after_app_request
 def send_request_id(response):
     # gunicorn's access log reads it from here, which ties the request's log line to the app's.
     response.headers["X-Request-ID"] = g.request_id
     return response
 
 
-@app.get("/")
+@routes.get("/")
 def hello():
-    return Response(f"Hello, {config.name}!", mimetype="text/plain")
+    return Response(f"Hello, {current_app.config['NOTES'].name}!", mimetype="text/plain")
 
 
-@app.get("/healthz")
+@routes.get("/healthz")
 def healthz():
     # Liveness never touches the database: a database outage must not make an orchestrator restart every web pod.
     return {"status": "ok"}
 
 
 def schema_version(conn):
-    if conn.execute("SELECT to_regclass('schema_migrations')").fetchone()[0] is None:
+    try:
+        return conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()[0]
+    except psycopg.errors.UndefinedTable:
         return 0
-    return conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()[0]
 
 
-@app.get("/readyz")
+@routes.get("/readyz")
 def readyz():
     # Ready means able to serve notes: the database answers and `migrate` has run. A new pod then joins its
     # Service only after the migration Job, even though nothing else orders them in Kubernetes.
@@ -294,6 +359,8 @@ def request_object():
         abort(415, "request body must be JSON, sent with Content-Type: application/json")
     try:
         body = request.get_json()
+    except ClientDisconnected:  # gunicorn.conf.py's body deadline passed, or the client left, before the whole body
+        abort(408, "the request body did not arrive in time")
     except (BadRequest, RecursionError):  # RecursionError: deeply nested arrays exhaust the parser's stack
         abort(400, "request body is not valid JSON")
     if not isinstance(body, dict):
@@ -331,19 +398,19 @@ def query_int(name, default, minimum, maximum):
     return int(raw)
 
 
-@app.post("/api/notes")
+@routes.post("/api/notes")
 def create_note():
     text = note_text(request_object())
     with database() as conn:
         row = conn.execute("INSERT INTO notes (text) VALUES (%s) RETURNING id, text, created_at", (text,)).fetchone()
     note = note_json(row)
-    return note, 201, {"Location": url_for("get_note", note_id=note["id"])}
+    return note, 201, {"Location": url_for("notes.get_note", note_id=note["id"])}
 
 
 BIGINT_MAX = 2**63 - 1  # the largest id a bigint identity column can hand out
 
 
-@app.get("/api/notes")
+@routes.get("/api/notes")
 def list_notes():
     limit = query_int("limit", default=20, minimum=1, maximum=100)
     # Without a cursor, start at the top of bigint's range: every id is below it.
@@ -370,11 +437,10 @@ class NoteIdConverter(IntegerConverter):
     regex = r"[1-9][0-9]{0,18}"
 
 
-app.url_map.converters["note_id"] = NoteIdConverter
 NOTE_URL = "/api/notes/<note_id:note_id>"
 
 
-@app.get(NOTE_URL)
+@routes.get(NOTE_URL)
 def get_note(note_id):
     with database() as conn:
         row = conn.execute("SELECT id, text, created_at FROM notes WHERE id = %s", (note_id,)).fetchone()
@@ -383,7 +449,7 @@ def get_note(note_id):
     return note_json(row)
 
 
-@app.delete(NOTE_URL)
+@routes.delete(NOTE_URL)
 def delete_note(note_id):
     with database() as conn:
         deleted = conn.execute("DELETE FROM notes WHERE id = %s", (note_id,)).rowcount
@@ -399,7 +465,7 @@ def error_body(code, message):
     return {"error": {"code": code, "message": message, "request_id": g.request_id}}
 
 
-@app.errorhandler(HTTPException)
+@routes.app_errorhandler(HTTPException)
 def http_error(error):
     response = error.get_response()  # keeps the status and headers such as Allow on 405
     response.data = json.dumps(error_body(error.name.lower().replace(" ", "_"), error.description))
@@ -407,23 +473,50 @@ def http_error(error):
     return response
 
 
-@app.errorhandler(psycopg.OperationalError)
+@routes.app_errorhandler(DatabaseNotConfigured)
+def database_not_configured(error):
+    return error_body("database_not_configured", "DATABASE_URL is not set: this service has no database"), 503
+
+
+@routes.app_errorhandler(psycopg.OperationalError)
 def database_unavailable(error):
     log.warning("database unavailable: %s", " ".join(str(error).split()))
     return error_body("service_unavailable", "the database is unavailable, try again shortly"), 503
 
 
-@app.errorhandler(Exception)
+@routes.app_errorhandler(Exception)
 def unexpected_error(error):
     # The traceback goes to the log only; the client gets the request id to quote.
     log.exception("unexpected error")
     return error_body("internal_server_error", f"unexpected error, logged as request {g.request_id}"), 500
 
 
+# ---------------------------------------------------------------------------------------------- application factory
+
+
+def create_app(environ=os.environ):
+    """The notes app, configured from `environ`; raises ConfigError (a SystemExit) on a setting it cannot use."""
+    config = load_config(environ)
+    configure_logging(config.log_level)
+    app = Flask(__name__)
+    app.config["NOTES"] = config
+    # Bodies over 64 KiB are refused with 413 before they are read into memory.
+    app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
+    app.url_map.converters["note_id"] = NoteIdConverter
+    app.register_blueprint(routes)
+    app.cli.add_command(migrate)
+    if config.database_url is None:
+        log.warning("DATABASE_URL is not set: / and /healthz answer, every other path answers 503")
+        app.extensions["notes.database"] = None
+    else:
+        app.extensions["notes.database"] = Database(config)
+    return app
+
+
 # ---------------------------------------------------------------------------------------------- command line
 
 
-@app.cli.command("migrate")
+@click.command("migrate")
 @click.option(
     "--wait",
     "wait_seconds",
@@ -434,8 +527,11 @@ def unexpected_error(error):
 )
 def migrate(wait_seconds):
     """Create or upgrade the database schema; safe to run again and from several places at once."""
+    config = current_app.config["NOTES"]
+    if config.database_url is None:
+        raise click.ClickException("DATABASE_URL is not set: migrate needs the database to change")
     try:
-        conn = connect_within(wait_seconds)
+        conn = connect_within(config, wait_seconds)
     except psycopg.OperationalError as error:
         reason = " ".join(str(error).split())
         raise click.ClickException(f"cannot connect to the database within {wait_seconds} s: {reason}") from None

@@ -1,15 +1,22 @@
-"""gunicorn settings: `gunicorn -c gunicorn.conf.py app:app`.
+"""gunicorn settings: `gunicorn -c gunicorn.conf.py 'app:create_app()'`.
 
 Every value comes from the environment or is fixed here for containers; the app's own settings live in app.py.
 Nothing is written outside /tmp and /dev/shm, so the container's root filesystem can be read-only.
 """
 
-import json
-import os
-import sys
-from datetime import UTC, datetime
+# First, before anything imports socket, threading or psycopg: gunicorn loads the app in this process
+# (preload_app), and psycopg picks its gevent-aware wait at import, psycopg_pool's threads become greenlets.
+from gevent import monkey
 
-from gunicorn.glogging import Logger
+monkey.patch_all()
+
+import json  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from datetime import UTC, datetime  # noqa: E402
+
+from gunicorn.glogging import Logger  # noqa: E402
 
 
 def read_positive_int(variable, default):
@@ -43,6 +50,18 @@ class JsonAccessLogger(Logger):
 bind = f"0.0.0.0:{read_positive_int('PORT', '8000')}"
 # Containers report the host's CPU count, not their limit: the worker count is set, never derived.
 workers = read_positive_int("WEB_CONCURRENCY", "2")
+# gevent, chosen by measurement (docs/benchmarks.md): a worker holds up to worker_connections slow, idle or
+# keep-alive clients as cheap greenlets, where a sync worker is stopped by one and gthread by one per thread, and it
+# serves more requests per second than either on the same cores.
+worker_class = "gevent"
+worker_connections = 500
+# The wait for a request's headers, on a new connection and between keep-alive requests alike: a client that has
+# not sent them within 5 s is disconnected. A load balancer in front must close idle connections sooner (its
+# upstream idle or keep-alive timeout below 5 s), or it may reuse one this server has just closed and answer 502.
+keepalive = 5
+# And for a body, which gunicorn does not bound: it must arrive within this many seconds of its headers
+# (app.py's 64 KiB limit then needs at least 6.5 KiB/s), or the app answers 408 and the connection is closed.
+BODY_TIMEOUT_SECONDS = 10
 # Load the app once in the master: a configuration error then stops gunicorn with app.py's one line
 # instead of workers failing to boot over and over. The app opens its database pool after the fork.
 preload_app = True
@@ -52,5 +71,34 @@ worker_tmp_dir = "/dev/shm"
 graceful_timeout = 20
 accesslog = "-"
 logger_class = JsonAccessLogger
+
+
+def pre_request(worker, req):
+    """Give each read of the request's body one deadline: gunicorn has no setting for it, and a socket timeout
+    alone would let a client that sends a byte a second hold the connection for as long as it likes."""
+    unreader = req.unreader
+    if not hasattr(unreader, "sock"):
+        return
+    deadline = time.monotonic() + BODY_TIMEOUT_SECONDS
+    chunk = unreader.chunk
+
+    def chunk_before_deadline(size_hint=None):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request body did not arrive in time")
+        unreader.sock.settimeout(left)
+        try:
+            return chunk(size_hint)
+        finally:
+            unreader.sock.settimeout(None)
+
+    unreader.chunk = chunk_before_deadline
+
+
+def post_request(worker, req, environ, resp):
+    # The next request's headers on this connection are bounded by keepalive instead.
+    vars(req.unreader).pop("chunk", None)
+
+
 # gunicorn 25.1+ opens a control socket under $HOME or $XDG_RUNTIME_DIR by default; the service needs none.
 control_socket_disable = True

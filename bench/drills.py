@@ -10,9 +10,13 @@ under a project name, port and password file of its own, so it never touches a d
 import json
 import os
 import re
+import resource
+import selectors
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections import Counter
@@ -372,13 +376,216 @@ def bad_input(image, examples=5000):
     return counted
 
 
+# ---------------------------------------------------------------------------------------------- slow clients
+
+KEEPALIVE = setting("gunicorn.conf.py", "keepalive")
+BODY_TIMEOUT_SECONDS = setting("gunicorn.conf.py", "BODY_TIMEOUT_SECONDS")
+SLOW_PHASE_SECONDS = 15
+SLACK_SECONDS = 2
+BODY_LENGTH = 60000
+# kind: (bytes sent on connect, the byte stream trickled at one byte a second, how long the server may keep it open)
+SLOW_KINDS = {
+    "slowloris": (b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ", b"a" * 100_000, KEEPALIVE),
+    "idle": (b"", b"", KEEPALIVE),
+    "slow body": (b"POST /api/notes HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: %d\r\n\r\n" % BODY_LENGTH, (b'{"text": "' + b"a" * BODY_LENGTH)[:BODY_LENGTH],
+                  KEEPALIVE + BODY_TIMEOUT_SECONDS),
+}
+
+
+@dataclass
+class SlowPhase:
+    kind: str
+    sockets: int
+    bound: float
+    sent: int  # plain GET / sent meanwhile
+    answered: int  # of them, 200
+    p99_ms: float
+    opened: int
+    closed_by_server: int
+    max_lifetime: float  # of those the server closed
+    outlived: int  # still open at the phase end, older than bound + SLACK_SECONDS
+    statuses: Counter  # responses the server wrote on slow sockets before closing them (408 for a slow body)
+
+    def __str__(self):
+        return (f"  {self.kind} x{self.sockets}: plain GET / {self.answered}/{self.sent} answered 200 (goal all), "
+                f"p99 {self.p99_ms:.1f} ms (goal <= 100); {self.opened} slow sockets opened, "
+                f"{self.closed_by_server} closed by the server, longest {self.max_lifetime:.1f} s "
+                f"(goal <= {self.bound + SLACK_SECONDS:.0f}), {self.outlived} outlived their bound (goal 0); "
+                f"responses on them: {dict(self.statuses) or 'none'}")
+
+
+@dataclass
+class SlowClients:
+    phases: list
+
+    def __str__(self):
+        return "slow clients (slowloris, idle, slow body) beside plain requests:\n" + "\n".join(map(str, self.phases))
+
+
+def plain_requests(url, stopping, outcomes):
+    """GET / back to back until `stopping` is set, each as (latency s, answered 200)."""
+    with requests.Session() as session:
+        while not stopping.is_set():
+            sent = time.monotonic()
+            try:
+                ok = session.get(url, timeout=2).status_code == 200
+            except requests.RequestException:
+                ok = False
+            outcomes.append((time.monotonic() - sent, ok))
+
+
+def connections_to(port):
+    """Host sockets connected to `port` and not yet in TIME_WAIT: a closed one stays until the server closes its end."""
+    lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return sum(line.split()[2].endswith(f":{port:04X}") and line.split()[3] != "06" for line in lines)
+
+
+def slow_phase(notes, kind, count):
+    opening, trickle, bound = SLOW_KINDS[kind]
+    selector = selectors.DefaultSelector()
+    opened, lifetimes, statuses = 0, [], Counter()
+
+    def connect():
+        nonlocal opened
+        sock = socket.create_connection(("127.0.0.1", notes.port), timeout=2)
+        sock.sendall(opening)
+        sock.setblocking(False)
+        now = time.monotonic()
+        # [connected at, bytes of `trickle` sent, next byte due, bytes the server answered]
+        selector.register(sock, selectors.EVENT_READ, [now, 0, now + 1, b""])
+        opened += 1
+
+    def closed_by_server(key):
+        born, _, _, answer = key.data
+        lifetimes.append(time.monotonic() - born)
+        if answer:
+            statuses[answer.split(b" ", 2)[1].decode()] += 1
+        selector.unregister(key.fileobj)
+        key.fileobj.close()
+        connect()
+
+    stopping, outcomes = threading.Event(), []
+    plain = threading.Thread(target=plain_requests, args=(notes.url, stopping, outcomes))
+    plain.start()
+    end = time.monotonic() + SLOW_PHASE_SECONDS
+    for _ in range(count):
+        connect()
+    while (now := time.monotonic()) < end:
+        for key, _ in selector.select(timeout=max(0.0, min(0.1, end - now))):
+            try:
+                data = key.fileobj.recv(4096)
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError:
+                data = b""
+            if data:
+                key.data[3] += data
+            else:
+                closed_by_server(key)
+        for key in list(selector.get_map().values()):
+            born, sent, due, _ = key.data
+            if trickle and sent < len(trickle) and due <= time.monotonic():
+                try:
+                    key.data[1] += key.fileobj.send(trickle[sent:sent + 1])
+                    key.data[2] = due + 1
+                except (BlockingIOError, InterruptedError):
+                    pass
+                except OSError:  # EPIPE or reset: the server has closed it
+                    closed_by_server(key)
+    stopping.set()
+    plain.join()
+    now = time.monotonic()
+    outlived = sum(now - key.data[0] > bound + SLACK_SECONDS for key in selector.get_map().values())
+    for key in list(selector.get_map().values()):
+        key.fileobj.close()
+    selector.close()
+    wait_until(lambda: connections_to(notes.port) == 0, 20, f"{kind} sockets gone")
+    latencies = sorted(latency for latency, _ in outcomes)
+    p99 = latencies[max(0, -(-len(latencies) * 99 // 100) - 1)] * 1000 if latencies else float("inf")
+    return SlowPhase(kind, count, bound, len(outcomes), sum(ok for _, ok in outcomes), p99, opened,
+                     len(lifetimes), max(lifetimes, default=0.0), outlived, statuses)
+
+
+def slow_clients(image, counts=(16, 256)):
+    """For each count, `count` slowloris, then idle, then slow-body sockets held open for SLOW_PHASE_SECONDS each,
+    every one the server closes replaced at once, while one client sends plain GET / back to back.
+
+    Hand-written with selectors: no client library sends a request a byte a second on purpose.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < max(counts) + 256:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    with stack(image) as notes:
+        result = SlowClients([slow_phase(notes, kind, count) for count in counts for kind in SLOW_KINDS])
+    print(result)
+    return result
+
+
+
+# ---------------------------------------------------------------------------------------------- frozen database
+
+DATABASE_TIMEOUT_SECONDS = setting("app.py", "DATABASE_TIMEOUT_SECONDS")
+
+
+@dataclass
+class Freeze:
+    requests: int  # sent while db was paused
+    unavailable: int  # of which 503 with the JSON error body
+    other: int  # of which neither that nor a success
+    late: int  # answered (or given up) after DATABASE_TIMEOUT_SECONDS + 0.5 s
+    slowest: float
+    recovery: float  # seconds from SIGCONT to every request succeeding
+
+    def __str__(self):
+        return (f"frozen database (every db process stopped for {OUTAGE_SECONDS} s under load): {self.requests} "
+                f"requests during it, {self.unavailable} answered 503 JSON, {self.other} anything but that or a "
+                f"success (goal 0), {self.late} slower than {DATABASE_TIMEOUT_SECONDS + 0.5:.1f} s (goal 0), slowest "
+                f"{self.slowest:.2f} s; recovered {self.recovery:.1f} s after SIGCONT (goal <= "
+                f"{RECOVERY_BOUND_SECONDS} s)")
+
+
+def signal_every_process(container, name):
+    """The server (PID 1) and every backend it forked; `kill -1` from root reaches all but PID 1 and itself."""
+    container.kill(signal=f"SIG{name}")
+    assert container.exec_run(["sh", "-c", f"kill -{name} -1"], user="root").exit_code == 0
+
+
+def database_frozen(image):
+    """Every db process is stopped (SIGSTOP, as a hung host or a stuck disk would freeze it) for OUTAGE_SECONDS
+    under load. Its kernel still accepts and acknowledges connections, so only a client-side bound ends a wait.
+
+    By signals rather than `docker pause`, whose cgroup freezer not every engine has (this machine's does not).
+    """
+    with stack(image) as notes:
+        with Load(notes.url, threads=4, reads=True) as load:
+            load.wait_for_acknowledged(50)
+            paused = time.monotonic()
+            signal_every_process(notes.docker("db"), "STOP")
+            time.sleep(OUTAGE_SECONDS)  # the freeze itself, not a wait for something
+            signal_every_process(notes.docker("db"), "CONT")
+            back = time.monotonic()
+            since = wait_until(lambda: recovered_since(load.outcomes, at_least=1), 30, "every request succeeding")
+    during = [o for o in load.outcomes if paused <= o.sent < back]
+    unavailable = sum(map(is_unavailable_json, during))
+    succeeded = sum(o.status in (200, 201) for o in during)
+    durations = [o.done - o.sent for o in during]
+    result = Freeze(len(during), unavailable, len(during) - unavailable - succeeded,
+                    sum(d > DATABASE_TIMEOUT_SECONDS + 0.5 for d in durations), max(durations),
+                    max(0.0, since - back))
+    print(result)
+    return result
+
+
 def main():
     image = sys.argv[1] if len(sys.argv) > 1 else "notes-web:slim"
     durability_after_db_kill(image)
     durability_across_compose_down_up(image)
     graceful_stop(image)
     database_outage(image)
+    database_frozen(image)
     bad_input(image)
+    slow_clients(image)
 
 
 if __name__ == "__main__":

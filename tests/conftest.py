@@ -1,9 +1,8 @@
 """Shared fixtures: a real PostgreSQL from testcontainers, and the app wired to it."""
 
-import importlib
 import io
 import os
-import runpy
+import re
 import shutil
 import socket
 import subprocess
@@ -44,7 +43,8 @@ APP_VARIABLES = (
 
 VARIANTS = ("slim", "distroless")
 # How long gunicorn lets requests finish after SIGTERM; every grace period in compose.yaml and k8s/ must exceed it.
-GRACEFUL_TIMEOUT = runpy.run_path(str(REPOSITORY / "gunicorn.conf.py"))["graceful_timeout"]
+# Read, not run: running gunicorn.conf.py would monkey-patch this process for gevent.
+GRACEFUL_TIMEOUT = int(re.search(r"^graceful_timeout = (\d+)", (REPOSITORY / "gunicorn.conf.py").read_text(), re.M)[1])
 # Planted in the build context of the images under test; it must never reach an image.
 PLANTED_SECRET = "planted-secret-value-that-must-never-ship"
 
@@ -101,18 +101,17 @@ def app_environment(postgres, database_url):
 
 
 @pytest.fixture(scope="session")
-def app(app_environment):
-    """The Flask app, imported in this process.
+def create_app(app_environment):
+    """app.py's factory, with the test server's environment unless a test passes its own."""
+    import app
 
-    app.py reads its configuration once, at import, so the environment is set before the import.
-    """
-    with pytest.MonkeyPatch.context() as patch:
-        for name in APP_VARIABLES:
-            patch.delenv(name, raising=False)
-        for name, value in app_environment.items():
-            patch.setenv(name, value)
-        patch.syspath_prepend(str(REPOSITORY))
-        yield importlib.import_module("app").app
+    return lambda environ=app_environment: app.create_app(environ)
+
+
+@pytest.fixture(scope="session")
+def app(create_app):
+    """The Flask app, built in this process against the test server."""
+    return create_app()
 
 
 @pytest.fixture

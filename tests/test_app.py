@@ -4,6 +4,7 @@ import io
 import json
 import logging
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -445,33 +446,51 @@ def test_migrate_gives_up_on_an_unreachable_database_after_its_wait_with_one_lin
     assert postgres.password not in result.stdout + result.stderr
 
 
-def test_readyz_is_unavailable_until_the_schema_is_migrated(app_environment, fresh_database_url):
+def test_readyz_is_unavailable_until_the_schema_is_migrated(app_environment, create_app, fresh_database_url):
     environment = {**app_environment, "DATABASE_URL": fresh_database_url}
-    script = "from app import app; r = app.test_client().get('/readyz'); print(r.status_code, r.get_json())"
-
-    def readyz():
-        result = subprocess.run([sys.executable, "-c", script], env=environment, cwd=REPOSITORY,
-                                capture_output=True, text=True, timeout=60)
-        assert result.returncode == 0, result.stderr
-        status, body = result.stdout.splitlines()[-1].split(" ", 1)
-        return int(status), body
-
-    status, body = readyz()
-    assert status == 503 and "schema_not_migrated" in body
+    client = create_app(environment).test_client()
+    assert_error(client.get("/readyz"), 503, "schema_not_migrated", mentions="run migrate")
     assert flask_cli(environment, "migrate").returncode == 0
-    assert readyz() == (200, str({"status": "ready"}))
+    response = client.get("/readyz")
+    assert (response.status_code, response.get_json()) == (200, {"status": "ready"})
 
 
-def test_the_app_creates_no_schema(app_environment, postgres, fresh_database_url):
-    environment = {**app_environment, "DATABASE_URL": fresh_database_url}
-    script = "from app import app; print(app.test_client().get('/api/notes').status_code)"
-    result = subprocess.run(
-        [sys.executable, "-c", script], env=environment, cwd=REPOSITORY, capture_output=True, text=True, timeout=60
-    )
-    assert result.stdout.splitlines()[-1] == "500"
+def test_the_app_creates_no_schema(app_environment, create_app, postgres, fresh_database_url):
+    client = create_app({**app_environment, "DATABASE_URL": fresh_database_url}).test_client()
+    assert client.get("/api/notes").status_code == 500
     with connect(postgres, fresh_database_url) as conn:
         tables = conn.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")
         assert tables.fetchall() == []
+
+
+# ---------------------------------------------------------------------------------------------- without a database
+
+
+def test_without_database_url_the_greeting_and_liveness_answer(create_app):
+    client = create_app({"NAME": "Docker"}).test_client()
+    assert client.get("/").text == "Hello, Docker!"
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+
+
+@pytest.mark.parametrize("method, path", [("GET", "/readyz"), ("GET", "/api/notes"), ("POST", "/api/notes"),
+                                          ("GET", "/api/notes/1"), ("DELETE", "/api/notes/1")])
+def test_without_database_url_every_database_path_answers_503_naming_the_setting(create_app, method, path):
+    response = create_app({}).test_client().open(path, method=method, json={"text": "no database"})
+    assert_error(response, 503, "database_not_configured", mentions="DATABASE_URL")
+
+
+def test_without_database_url_the_app_warns_once_at_start(create_app, capsys):
+    create_app({})
+    [entry] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert entry["level"] == "WARNING" and "DATABASE_URL is not set" in entry["message"]
+
+
+def test_migrate_without_database_url_exits_with_one_line_naming_it(app_environment):
+    environment = {name: value for name, value in app_environment.items() if name != "DATABASE_URL"}
+    result = flask_cli(environment, "migrate")
+    assert result.returncode != 0
+    [line] = result.stderr.splitlines()
+    assert line.startswith("Error: DATABASE_URL is not set")
 
 
 # ---------------------------------------------------------------------------------------------- configuration
@@ -495,7 +514,7 @@ def assert_one_line_naming(result, variable):
 @pytest.mark.parametrize(
     "variables, variable",
     [
-        ({"DATABASE_URL": None}, "DATABASE_URL"),
+        ({"DATABASE_URL": ""}, "DATABASE_URL"),
         ({"DATABASE_URL": "mysql://app@db/app"}, "DATABASE_URL"),
         ({"DATABASE_URL": "postgresql://app@db/app?colour=red"}, "DATABASE_URL"),
         ({"LOG_LEVEL": "loud"}, "LOG_LEVEL"),
@@ -547,12 +566,12 @@ def http(method, url, body=None):
 
 
 def gunicorn_command():
-    return [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:app"]
+    return [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:create_app()"]
 
 
 @pytest.fixture(scope="module")
 def gunicorn(app_environment, postgres, tmp_path_factory):
-    """The real server: `gunicorn -c gunicorn.conf.py app:app`, its password read from a secret file."""
+    """The real server: `gunicorn -c gunicorn.conf.py 'app:create_app()'`, its password read from a secret file."""
     directory = tmp_path_factory.mktemp("gunicorn")
     password_file = directory / "database_password"
     password_file.write_text(postgres.password + "\n")
@@ -629,3 +648,49 @@ def test_gunicorn_refuses_invalid_configuration_with_one_line(app_environment, v
     assert result.returncode != 0
     [line] = result.stderr.splitlines()
     assert line.startswith(f"configuration error: {variable}: ")
+
+
+# ---------------------------------------------------------------------------------------------- slow clients
+
+
+def setting(name):
+    return int(re.search(rf"^{name} = (\d+)", (REPOSITORY / "gunicorn.conf.py").read_text(), re.M)[1])
+
+
+def trickle(url, head, seconds):
+    """Sends `head`, then a byte a second until the server closes the connection; returns (seconds, response)."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=seconds + 5) as client:
+        client.sendall(head)
+        started, received = time.monotonic(), b""
+        client.settimeout(1)
+        while time.monotonic() - started < seconds + 5:
+            try:
+                client.sendall(b"x")
+                data = client.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:  # reset, or the pipe broke: closed
+                break
+            if not data:
+                break
+            received += data
+        return time.monotonic() - started, received
+
+
+def test_gunicorn_disconnects_a_client_whose_headers_never_end_after_keepalive_seconds(gunicorn):
+    bound = setting("keepalive")
+    seconds, response = trickle(gunicorn["url"], b"GET / HTTP/1.1\r\nHost: test\r\nX-Slow: ", bound)
+    assert bound - 1 <= seconds <= bound + 2 and response == b""
+    assert http("GET", gunicorn["url"] + "/")[0] == 200
+
+
+def test_gunicorn_answers_408_json_and_disconnects_a_body_slower_than_its_deadline(gunicorn):
+    bound = setting("BODY_TIMEOUT_SECONDS")
+    head = (b"POST /api/notes HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 60000\r\n\r\n")
+    seconds, response = trickle(gunicorn["url"], head, bound)
+    assert bound - 1 <= seconds <= bound + 2
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 "), response
+    assert json.loads(body)["error"]["code"] == "request_timeout"

@@ -44,3 +44,19 @@ def test_ten_thousand_bad_requests_get_no_5xx_and_leak_no_traceback_or_sql(image
     result = drills.bad_input(images["slim"])
     assert result.requests >= 10_000, result
     assert (result.server_errors, result.leaks, result.unanswered) == ([], [], 0), result
+
+
+def test_slow_idle_and_trickling_clients_do_not_delay_other_requests_and_are_disconnected_within_their_bounds(images):
+    result = drills.slow_clients(images["slim"])
+    for phase in result.phases:
+        assert phase.sent > 0 and phase.answered == phase.sent and phase.p99_ms <= 100, phase
+        # Every socket of the first round must be closed within the phase: a phase no longer than the slow-body
+        # bound would otherwise let a slow body the server never closes pass as "not yet outlived".
+        assert phase.closed_by_server >= phase.sockets and phase.outlived == 0, phase
+        assert phase.max_lifetime <= phase.bound + drills.SLACK_SECONDS, phase
+
+
+def test_a_frozen_db_gets_503_json_within_the_database_timeout_and_recovers_without_a_restart(images):
+    result = drills.database_frozen(images["slim"])
+    assert result.requests > 0 and (result.other, result.late) == (0, 0), result
+    assert result.recovery <= drills.RECOVERY_BOUND_SECONDS, result
