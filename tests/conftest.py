@@ -42,9 +42,15 @@ APP_VARIABLES = (
 
 
 VARIANTS = ("slim", "distroless")
+
+
+def gunicorn_setting(name):
+    """A number set in gunicorn.conf.py, read, not run: running it would monkey-patch this process for gevent."""
+    return int(re.search(rf"^{name} = (\d+)", (REPOSITORY / "gunicorn.conf.py").read_text(), re.M)[1])
+
+
 # How long gunicorn lets requests finish after SIGTERM; every grace period in compose.yaml and k8s/ must exceed it.
-# Read, not run: running gunicorn.conf.py would monkey-patch this process for gevent.
-GRACEFUL_TIMEOUT = int(re.search(r"^graceful_timeout = (\d+)", (REPOSITORY / "gunicorn.conf.py").read_text(), re.M)[1])
+GRACEFUL_TIMEOUT = gunicorn_setting("graceful_timeout")
 # Planted in the build context of the images under test; it must never reach an image.
 PLANTED_SECRET = "planted-secret-value-that-must-never-ship"
 

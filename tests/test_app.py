@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
-from conftest import REPOSITORY, free_port, wait_until
+from conftest import REPOSITORY, free_port, gunicorn_setting, wait_until
 from psycopg import sql
 
 pytestmark = pytest.mark.docker  # against a real Postgres in a container
@@ -653,10 +653,6 @@ def test_gunicorn_refuses_invalid_configuration_with_one_line(app_environment, v
 # ---------------------------------------------------------------------------------------------- slow clients
 
 
-def setting(name):
-    return int(re.search(rf"^{name} = (\d+)", (REPOSITORY / "gunicorn.conf.py").read_text(), re.M)[1])
-
-
 def trickle(url, head, seconds):
     """Sends `head`, then a byte a second until the server closes the connection; returns (seconds, response)."""
     host, port = url.removeprefix("http://").split(":")
@@ -679,14 +675,14 @@ def trickle(url, head, seconds):
 
 
 def test_gunicorn_disconnects_a_client_whose_headers_never_end_after_keepalive_seconds(gunicorn):
-    bound = setting("keepalive")
+    bound = gunicorn_setting("keepalive")
     seconds, response = trickle(gunicorn["url"], b"GET / HTTP/1.1\r\nHost: test\r\nX-Slow: ", bound)
     assert bound - 1 <= seconds <= bound + 2 and response == b""
     assert http("GET", gunicorn["url"] + "/")[0] == 200
 
 
 def test_gunicorn_answers_408_json_and_disconnects_a_body_slower_than_its_deadline(gunicorn):
-    bound = setting("BODY_TIMEOUT_SECONDS")
+    bound = gunicorn_setting("BODY_TIMEOUT_SECONDS")
     head = (b"POST /api/notes HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
             b"Content-Length: 60000\r\n\r\n")
     seconds, response = trickle(gunicorn["url"], head, bound)
