@@ -46,6 +46,10 @@ test: venv ## run every test: the app against a real Postgres, the images, Compo
 	$(PYTEST) tests
 
 IMAGE ?= notes-web
+# The image variants, the default first. Each builds from Dockerfile.<variant>, the default from Dockerfile, and
+# has an overlay in k8s/overlays/; bench/project.py reads this line for the tests and tools.
+VARIANTS := slim distroless
+dockerfile = $(if $(filter $(firstword $(VARIANTS)),$1),Dockerfile,Dockerfile.$1)
 REVISION := $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 VERSION := $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 BUILD_ARGS = --build-arg PYTHON_IMAGE --build-arg BUILD_IMAGE --build-arg DISTROLESS_IMAGE \
@@ -54,21 +58,24 @@ BUILD_ARGS = --build-arg PYTHON_IMAGE --build-arg BUILD_IMAGE --build-arg DISTRO
 SOURCE ?= $(shell git config --get remote.origin.url 2>/dev/null || echo unknown)
 
 .PHONY: build compare k8s-validate scan bench drills
-build: ## build both images: notes-web:slim and notes-web:distroless, each also tagged with the git revision
-	docker build $(BUILD_ARGS) -f Dockerfile -t $(IMAGE):slim -t $(IMAGE):slim-$(REVISION) .
-	docker build $(BUILD_ARGS) -f Dockerfile.distroless -t $(IMAGE):distroless -t $(IMAGE):distroless-$(REVISION) .
+build: ## build every variant: notes-web:slim and notes-web:distroless, each also tagged with the git revision
+	$(foreach variant,$(VARIANTS),docker build $(BUILD_ARGS) -f $(call dockerfile,$(variant)) \
+	  -t $(IMAGE):$(variant) -t $(IMAGE):$(variant)-$(REVISION) . &&) true
+
+# The tools import bench/'s shared modules (project.py, harness.py), and bench.py app.py too.
+TOOLS_PATH := PYTHONPATH=$(CURDIR):$(CURDIR)/bench
 
 scan: build venv ## lint and scan offline: hadolint, checkov, yamllint, SBOMs in build/sbom/, secrets, vulnerabilities
-	$(VENV)/scan/bin/python bench/scan/scan.py --image-repository $(IMAGE)
+	$(TOOLS_PATH) $(VENV)/scan/bin/python bench/scan/scan.py --image-repository $(IMAGE)
 
 bench: venv ## measure the naive image, slim, distroless and a bare-WSGI ceiling side by side; writes docs/benchmarks.md
-	$(VENV)/bin/python bench/bench.py
+	$(TOOLS_PATH) $(VENV)/bin/python bench/bench.py
 
 drills: build venv ## durability, graceful stop, database outage and bad input against notes-web:slim; prints counts
-	$(VENV)/bin/python bench/drills.py $(IMAGE):slim
+	$(TOOLS_PATH) $(VENV)/bin/python bench/drills.py $(IMAGE):$(firstword $(VARIANTS))
 
 compare: build venv ## one row per variant: size, layers, user, shell, package manager, setuid files, build times
-	$(VENV)/bin/python bench/compare.py $(IMAGE)
+	$(TOOLS_PATH) $(VENV)/bin/python bench/compare.py $(IMAGE)
 
 # ---------------------------------------------------------------------------------------------------------------
 # The stack on this machine, from compose.yaml: VARIANT=distroless runs the distroless image, WEB_PORT moves the

@@ -4,19 +4,13 @@ Every value comes from the environment or is fixed here for containers; the app'
 Nothing is written outside /tmp and /dev/shm, so the container's root filesystem can be read-only.
 """
 
-# First, before anything imports socket, threading or psycopg: gunicorn loads the app in this process
-# (preload_app), and psycopg picks its gevent-aware wait at import, psycopg_pool's threads become greenlets.
-from gevent import monkey
+import json
+import os
+import sys
+import time
+from datetime import UTC, datetime
 
-monkey.patch_all()
-
-import json  # noqa: E402
-import os  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from datetime import UTC, datetime  # noqa: E402
-
-from gunicorn.glogging import Logger  # noqa: E402
+from gunicorn.glogging import Logger
 
 
 def read_positive_int(variable, default):
@@ -55,6 +49,12 @@ workers = read_positive_int("WEB_CONCURRENCY", "2")
 # serves more requests per second than either on the same cores.
 worker_class = "gevent"
 worker_connections = 500
+if worker_class == "gevent":
+    # Before the app is imported (preload_app, below, loads it in this process): psycopg picks its gevent-aware
+    # wait at import, and psycopg_pool's threads become greenlets.
+    from gevent import monkey
+
+    monkey.patch_all()
 # The wait for a request's headers, on a new connection and between keep-alive requests alike: a client that has
 # not sent them within 5 s is disconnected. A load balancer in front must close idle connections sooner (its
 # upstream idle or keep-alive timeout below 5 s), or it may reuse one this server has just closed and answer 502.

@@ -1,11 +1,14 @@
-"""`make bench`: the module's naive image, the slim and distroless images and a bare-WSGI ceiling, measured side by
-side on this machine in one run; prints the tables and writes docs/benchmarks.md.
+"""`make bench`: the module's naive image, the service on each of gunicorn's worker models, the distroless image, a
+bare-WSGI ceiling and a database ceiling, measured side by side on this machine in one run; prints the tables and
+writes docs/benchmarks.md.
 
-Usage: python bench/bench.py
-Each variant is built twice from a copy of its build context: cold (--no-cache), then after a one-line change to
-app.py; the second build is the image measured, and both are removed at the end. Load comes from wrk (Debian's
-package), on 127.0.0.1 only: CONNECTIONS connections for LOAD_SECONDS, in ROUNDS rounds across the variants.
-Every step has a timeout taken from one DEADLINE, so the run ends by itself within ten minutes, whatever happens.
+Usage: make bench   (PYTHONPATH=.:bench python bench/bench.py: it imports app.py and bench/project.py)
+Each shipped variant is built twice from a copy of its build context: cold (--no-cache), then after a one-line change
+to app.py; the second build is the image measured, and both are removed at the end. The worker-model variants are
+the slim image with one line of gunicorn.conf.py changed. Load comes from wrk (Debian's package), on 127.0.0.1 only:
+CONNECTIONS connections for LOAD_SECONDS, in ROUNDS rounds across the variants, each phase started only once the
+previous one's TIME_WAIT sockets are gone. Every step has a timeout taken from one DEADLINE, so the run ends by
+itself within twenty-five minutes, whatever happens.
 """
 
 import json
@@ -22,20 +25,32 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from harness import DATABASE_ENV, LABEL, POSTGRES_IMAGE, answers, free_port, migrate, postgres, wait_until
+from harness import (
+    DATABASE_ENV,
+    DB_PASSWORD,
+    LABEL,
+    POSTGRES_IMAGE,
+    answers,
+    free_port,
+    migrate,
+    postgres,
+    wait_for_time_wait,
+    wait_until,
+)
+from project import BASE_VARIABLES, base_image
 from testcontainers.core.container import DockerContainer
 from testcontainers.core.network import Network
 
+import app
+
 ROOT = Path(__file__).resolve().parent.parent
-DEADLINE = time.monotonic() + 600
+DEADLINE = time.monotonic() + 1500
 CONNECTIONS = 64
 LOAD_SECONDS = 10
 ROUNDS = 2
 STARTS = 5  # `docker run` -> ready is the median of this many starts
-BASES = {"PYTHON_IMAGE": os.environ.get("PYTHON_IMAGE", "python:3.13-slim-trixie"),
-         "DISTROLESS_IMAGE": os.environ.get("DISTROLESS_IMAGE", "gcr.io/distroless/python3-debian13:nonroot")}
-BASE_ARGS = [arg for name in ("PYTHON_IMAGE", "BUILD_IMAGE", "DISTROLESS_IMAGE") if name in os.environ
-             for arg in ("--build-arg", name)]
+BASES = {name: base_image(name) for name in ("PYTHON_IMAGE", "DISTROLESS_IMAGE")}
+BASE_ARGS = [arg for name in BASE_VARIABLES if name in os.environ for arg in ("--build-arg", name)]
 
 
 @dataclass(frozen=True)
@@ -48,13 +63,23 @@ class Variant:
     base: str  # the BASES entry it is built FROM
     ready: str  # the path whose first 200 counts as ready
     database: bool
+    # For a worker-model variant: what replaces gunicorn.conf.py's worker_class line in its copy. Its builds are
+    # not timed (they are the slim image's).
+    worker_model: str | None = None
 
 
 SERVICE_FILES = (".dockerignore", "app.py", "gunicorn.conf.py", "requirements.txt")
+SHIPPED_WORKER_MODEL = 'worker_class = "gevent"'
+THREADS = 4  # gthread's threads per worker: as many as the pool's connections (app.py's default), so none waits
 VARIANTS = (
     Variant("naive", "the module's image: Flask dev server, root", ROOT / "bench" / "naive",
             ("Dockerfile", "app.py", "requirements.txt"), "Dockerfile", "PYTHON_IMAGE", "/", False),
-    Variant("slim", "Dockerfile: gunicorn, non-root", ROOT, ("Dockerfile", *SERVICE_FILES), "Dockerfile",
+    Variant("sync", "slim on gunicorn's sync worker", ROOT, ("Dockerfile", *SERVICE_FILES), "Dockerfile",
+            "PYTHON_IMAGE", "/readyz", True, 'worker_class = "sync"'),
+    Variant(f"gthread ×{THREADS}", f"slim on gthread, {THREADS} threads a worker", ROOT,
+            ("Dockerfile", *SERVICE_FILES), "Dockerfile", "PYTHON_IMAGE", "/readyz", True,
+            f'worker_class = "gthread"\nthreads = {THREADS}'),
+    Variant("slim", "Dockerfile: gunicorn gevent, non-root", ROOT, ("Dockerfile", *SERVICE_FILES), "Dockerfile",
             "PYTHON_IMAGE", "/readyz", True),
     Variant("distroless", "Dockerfile.distroless: no shell", ROOT, ("Dockerfile.distroless", *SERVICE_FILES),
             "Dockerfile.distroless", "DISTROLESS_IMAGE", "/readyz", True),
@@ -86,12 +111,21 @@ def timed_build(context, dockerfile, tag, *extra):
 
 
 def build(variant, scratch):
-    """Cold build, then a rebuild after a one-line app.py change; returns both times and the image measured."""
-    context = scratch / variant.name
+    """Cold build, then a rebuild after a one-line app.py change; returns both times and the image measured.
+
+    A worker-model variant is built once, from the cache, with its gunicorn.conf.py line changed: no times."""
+    tag = f"notes-bench:{variant.name.split()[0]}"
+    context = scratch / tag.split(":")[1]
     context.mkdir()
     for name in variant.files:
         shutil.copy(variant.context / name, context / name)
-    tag = f"notes-bench:{variant.name}"
+    if variant.worker_model:
+        config = (context / "gunicorn.conf.py").read_text()
+        if config.count(SHIPPED_WORKER_MODEL) != 1:
+            sys.exit(f"bench: gunicorn.conf.py no longer has one line {SHIPPED_WORKER_MODEL!r} to replace")
+        (context / "gunicorn.conf.py").write_text(config.replace(SHIPPED_WORKER_MODEL, variant.worker_model))
+        timed_build(context, variant.dockerfile, tag)
+        return None, None, tag
     cold, cold_id = timed_build(context, variant.dockerfile, tag, "--no-cache")
     with open(context / "app.py", "a") as app:
         app.write(f"# rebuilt at {time.time()}\n")
@@ -147,11 +181,20 @@ def prepare(variant, network, scratch, cleanup):
             container.stop()
     cleanup.callback(container.stop)
     return {"variant": variant, "container": container, "size": size(image), "base": size(BASES[variant.base]),
-            "cold": cold, "rebuild": rebuild, "ready": statistics.median(starts), "idle": memory_in_use(container)}
+            "cold": cold, "rebuild": rebuild, "ready": statistics.median(starts), "idle": memory_in_use(container),
+            "workers": gunicorn_workers(container)}
+
+
+def gunicorn_workers(container):
+    """How many workers gunicorn runs in `container` (its processes but the master), or None without gunicorn."""
+    processes = container.get_wrapped_container().top()["Processes"]
+    count = sum("gunicorn" in process[-1] for process in processes)
+    return count - 1 if count else None
 
 
 def load(address, mix):
     """wrk at CONNECTIONS connections for LOAD_SECONDS: GET address, or with `mix` the POST-then-GET notes mix."""
+    wait_for_time_wait(timeout=min(70, remaining()))
     output = run("wrk", "--threads", "2", "--connections", str(CONNECTIONS), "--duration", f"{LOAD_SECONDS}s",
                  "--timeout", "5s", "--script", str(ROOT / "bench" / "wrk.lua"), address,
                  env={**os.environ, "NOTES_MIX": "1" if mix else ""})
@@ -160,12 +203,38 @@ def load(address, mix):
     return figures
 
 
-def load_rounds(results):
-    """ROUNDS rounds, each loading every variant in turn; a variant keeps its best round (highest rate).
+def database_ceiling(db, clients):
+    """pgbench in the database container, running the notes mix's own two statements (app.py's INSERT_NOTE, then
+    SELECT_NOTE of the row it returned) through `clients` connections for LOAD_SECONDS: the most the database
+    serves on this machine, as requests per second (each transaction is one POST's and one GET's statement)."""
+    script = (app.INSERT_NOTE.replace("%s", "'pgbench note'") + " \\gset\n" + app.SELECT_NOTE.replace("%s", ":id")
+              + ";\n")
+    command = ('printf %s "$SCRIPT" > /tmp/notes-mix.sql && exec pgbench --no-vacuum --protocol=prepared'
+               f' --host=127.0.0.1 --username=notes --client={clients} --jobs=2 --time={LOAD_SECONDS}'
+               ' --file=/tmp/notes-mix.sql notes')
+    wait_for_time_wait(timeout=min(70, remaining()))
+    status, output = db.get_wrapped_container().exec_run(
+        ["sh", "-c", command], environment={"SCRIPT": script, "PGPASSWORD": DB_PASSWORD})
+    output = output.decode()
+    if status != 0:
+        sys.exit(f"bench: pgbench exited {status}: {output}")
+    figure = {line.split(" = ")[0]: float(line.split(" = ")[1].split()[0]) for line in output.splitlines()
+              if line.startswith(("tps = ", "latency average = "))}
+    return {"rps": 2 * figure["tps"], "latency_ms": figure["latency average"], "clients": clients}
+
+
+def load_rounds(results, db):
+    """ROUNDS rounds, each loading every variant in turn and then the database; each keeps its best round.
 
     Interleaved, so that a burst of other work on the machine costs one round of one variant, not its figure.
     """
+    clients = max(r["workers"] or 0 for r in results) * app.load_config({}).pool_max_size
+    database = {"rps": -1}
     for round_number in range(ROUNDS):
+        print(f"bench: database ceiling (pgbench): round {round_number + 1} of {ROUNDS}", file=sys.stderr)
+        figures = database_ceiling(db, clients)
+        if figures["rps"] > database["rps"]:
+            database = figures
         for result in results:
             print(f"bench: {result['variant'].name}: load, round {round_number + 1} of {ROUNDS}", file=sys.stderr)
             loads = {"hello": load(url(result["container"]) + "/", mix=False)}
@@ -174,6 +243,7 @@ def load_rounds(results):
             for name, figures in loads.items():
                 if figures["rps"] > result.get(name, {"rps": -1})["rps"]:
                     result[name] = figures
+    return database
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -194,25 +264,42 @@ def ratio(value, reference, digits=2):
     return f"{value / reference:.{digits}f}×" if reference else "—"
 
 
-def tables(results):
-    naive, ceiling = results[0], results[-1]
+def seconds(value):
+    return "—" if value is None else f"{value:.1f}"
+
+
+def share(figures, ceiling):
+    return f"{100 * figures['rps'] / ceiling:.0f} %" if figures else "—"
+
+
+def by_name(results, name):
+    return next(r for r in results if r["variant"].name == name)
+
+
+def tables(results, database):
+    naive, ceiling, sync = results[0], by_name(results, "ceiling"), by_name(results, "sync")
     images = table(
-        ["variant", "what", "size MB", "over base MB", "cold build s", "rebuild s", "run → ready s", "idle memory MiB"],
+        ["variant", "what", "size MB", "over base MB", "cold build s", "rebuild s", "run → ready s",
+         "idle memory MiB", "workers"],
         [[r["variant"].name, r["variant"].what, f"{r['size'] / 1e6:.1f}", f"{(r['size'] - r['base']) / 1e6:.1f}",
-          f"{r['cold']:.1f}", f"{r['rebuild']:.1f}", f"{r['ready']:.2f} ({r['variant'].ready})",
-          f"{r['idle'] / 2**20:.1f}"] for r in results])
+          seconds(r["cold"]), seconds(r["rebuild"]), f"{r['ready']:.2f} ({r['variant'].ready})",
+          f"{r['idle'] / 2**20:.1f}", str(r["workers"] or "—")] for r in results])
     loads = table(
         ["variant", "GET / req/s", "p50 ms", "p99 ms", "errors", "notes mix req/s", "p50 ms", "p99 ms", "errors"],
-        [[r["variant"].name, *load_cells(r["hello"]), *load_cells(r.get("notes"))] for r in results])
+        [[r["variant"].name, *load_cells(r["hello"]), *load_cells(r.get("notes"))] for r in results]
+        + [["database (pgbench)", *["—"] * 4, f"{database['rps']:.0f}",
+            f"{database['latency_ms']:.1f} (mean)", "—", "0"]])
+    shares = table(
+        ["variant", "GET / of the bare-WSGI ceiling", "notes mix of the database ceiling", "notes mix × sync"],
+        [[r["variant"].name, share(r["hello"], ceiling["hello"]["rps"]), share(r.get("notes"), database["rps"]),
+          ratio(r["notes"]["rps"], sync["notes"]["rps"]) if "notes" in r else "—"] for r in results])
     ratios = table(
-        ["variant", "size", "over base", "rebuild", "run → ready", "idle memory", "GET / req/s", "GET / p99",
-         "GET / req/s of ceiling"],
+        ["variant", "size", "over base", "run → ready", "idle memory", "GET / req/s", "GET / p99"],
         [[r["variant"].name, ratio(r["size"], naive["size"]),
-          ratio(r["size"] - r["base"], naive["size"] - naive["base"]), ratio(r["rebuild"], naive["rebuild"]),
-          ratio(r["ready"], naive["ready"]), ratio(r["idle"], naive["idle"]),
-          ratio(r["hello"]["rps"], naive["hello"]["rps"]), ratio(r["hello"]["p99_ms"], naive["hello"]["p99_ms"]),
-          f"{100 * r['hello']['rps'] / ceiling['hello']['rps']:.0f} %"] for r in results])
-    return images, loads, ratios
+          ratio(r["size"] - r["base"], naive["size"] - naive["base"]), ratio(r["ready"], naive["ready"]),
+          ratio(r["idle"], naive["idle"]), ratio(r["hello"]["rps"], naive["hello"]["rps"]),
+          ratio(r["hello"]["p99_ms"], naive["hello"]["p99_ms"])] for r in results])
+    return images, loads, shares, ratios
 
 
 def machine():
@@ -231,8 +318,8 @@ def revision():
     return commit + (" with uncommitted changes" if dirty else "")
 
 
-def report(results, started, load_before):
-    images, loads, ratios = tables(results)
+def report(results, database, started, load_before):
+    images, loads, shares, ratios = tables(results, database)
     bases = ", ".join(f"{name}={value}" for name, value in {**BASES, "POSTGRES_IMAGE": POSTGRES_IMAGE}.items())
     return f"""# Benchmarks
 
@@ -253,16 +340,27 @@ Figures from one machine: compare rows with each other, not with another machine
 
 {loads}
 
-## Ratios: against the naive image (×), and the share of the ceiling's GET / rate
+## Shares of the two ceilings, and against the sync worker
+
+{shares}
+
+## Ratios against the naive image
 
 {ratios}
 
 ## How each figure is taken
 
 - **naive** is the module's hello-flask ([bench/naive](../bench/naive)): `python app.py`, Flask's development
-  server, as root. **ceiling** ([bench/ceiling](../bench/ceiling)) is gunicorn with the same two sync workers
-  serving a WSGI callable that only returns its greeting: no service on this machine with those workers answers
-  GET / faster. Neither has a database, so neither has a notes mix.
+  server, as root. **ceiling** ([bench/ceiling](../bench/ceiling)) is gunicorn with the service's two gevent
+  workers serving a WSGI callable that only returns its greeting: no service on this machine with those workers
+  answers GET / faster. Neither has a database, so neither has a notes mix.
+- **sync** and **gthread ×{THREADS}** are the slim image with gunicorn.conf.py's `{SHIPPED_WORKER_MODEL}` line
+  replaced (and then not monkey-patched for gevent): the worker models the service did not choose, on the same
+  code, workers and pool. Their builds are the slim image's, so they are not timed.
+- **database (pgbench)** is the ceiling for the notes mix: pgbench, in the database container, running the mix's own
+  statements (app.py's `INSERT_NOTE`, then `SELECT_NOTE` of the row it returned, as prepared statements) through
+  {database['clients']} connections, as many as the service's pools hold in total (workers × DATABASE_POOL_MAX_SIZE),
+  for {LOAD_SECONDS} s. Each transaction counts as two requests; pgbench reports a mean latency, not percentiles.
 - **Size** is the image's size as `docker image ls` reports it; **over base** subtracts its base image
   (PYTHON_IMAGE, or DISTROLESS_IMAGE for distroless).
 - **Cold build** is `docker build --no-cache` with the base image already local; **rebuild** is the next build
@@ -276,7 +374,9 @@ Figures from one machine: compare rows with each other, not with another machine
   and a GET of the note just created. p50 and p99 are wrk's latency percentiles; errors are socket errors,
   timeouts (5 s) and any status other than 2xx or 3xx. The {ROUNDS} rounds take the variants in turn, and each
   variant keeps its round with the higher rate: other work on the machine then costs one round, not a figure.
-  The four containers stay up, idle but for the one under load, with no CPU or memory limit.
+  Each phase starts only once fewer than 1,000 sockets are in TIME_WAIT: the sync worker and the development server
+  close a connection per request, and a phase started among those sockets measures a fraction of its rate.
+  The containers stay up, idle but for the one under load, with no CPU or memory limit.
 """
 
 
@@ -287,11 +387,11 @@ def main():
     with ExitStack() as cleanup:
         scratch = Path(cleanup.enter_context(tempfile.TemporaryDirectory()))
         network = cleanup.enter_context(Network())
-        cleanup.enter_context(postgres(network))
+        db = cleanup.enter_context(postgres(network))
         results = [prepare(variant, network, scratch, cleanup) for variant in VARIANTS]
-        load_rounds(results)
-    document = report(results, started, before)
-    print("\n\n".join(tables(results)))
+        database = load_rounds(results, db)
+    document = report(results, database, started, before)
+    print("\n\n".join(tables(results, database)))
     (ROOT / "docs" / "benchmarks.md").write_text(document)
     print(f"\nwritten to docs/benchmarks.md in {(datetime.now(UTC) - started).total_seconds():.0f} s")
 

@@ -1,7 +1,7 @@
 """Compares the two image variants side by side: `make compare` prints one row per variant and writes
 build/compare.md.
 
-Usage: python bench/compare.py IMAGE_REPOSITORY
+Usage: make compare   (PYTHONPATH=bench python bench/compare.py IMAGE_REPOSITORY)
 Sizes and file checks are read from the images `make build` made; build times come from building them again here,
 once cold (--no-cache) and once after a one-line change to app.py in a copy of the build context.
 """
@@ -16,14 +16,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from project import BASE_VARIABLES, VARIANTS, base_image, base_variable
+from project import dockerfile as variant_dockerfile
+
 ROOT = Path(__file__).resolve().parent.parent
-VARIANTS = {
-    "slim": ("Dockerfile", os.environ.get("PYTHON_IMAGE", "python:3.13-slim-trixie")),
-    "distroless": ("Dockerfile.distroless",
-                   os.environ.get("DISTROLESS_IMAGE", "gcr.io/distroless/python3-debian13:nonroot")),
-}
-BASE_ARGS = [arg for name in ("PYTHON_IMAGE", "BUILD_IMAGE", "DISTROLESS_IMAGE") if name in os.environ
-             for arg in ("--build-arg", name)]
+BASE_ARGS = [arg for name in BASE_VARIABLES if name in os.environ for arg in ("--build-arg", name)]
 SHELLS = {"bin/sh", "usr/bin/sh", "bin/bash", "usr/bin/bash"}
 PACKAGE_MANAGERS = {"usr/bin/apt", "usr/bin/apt-get", "usr/bin/dpkg", "usr/local/bin/pip", "venv/bin/pip"}
 
@@ -69,7 +66,7 @@ def build_times(dockerfile):
 
 
 def row(variant, repository):
-    dockerfile, base = VARIANTS[variant]
+    dockerfile, base = variant_dockerfile(variant), base_image(base_variable(variant))
     image = f"{repository}:{variant}"
     size = int(inspect(image, "{{.Size}}"))
     base_size = int(inspect(base, "{{.Size}}"))

@@ -1,7 +1,7 @@
 """Drills: what the service does when something goes wrong, each printing what it counted. `make drills` runs
 them all; tests/test_drills.py runs the same functions and asserts the counts.
 
-Usage: python bench/drills.py [IMAGE]      (default notes-web:slim)
+Usage: make drills   (PYTHONPATH=bench python bench/drills.py [IMAGE], default the Makefile's IMAGE:slim)
 
 Every drill starts its own containers (see harness.py) and removes them; the Compose drill runs compose.yaml
 under a project name, port and password file of its own, so it never touches a developer's stack or secrets/.
@@ -27,9 +27,10 @@ from urllib.parse import quote
 
 import requests
 import schemathesis
-from harness import Load, answers, free_port, stack, stored_notes, wait_until
+from harness import TIME_WAIT, Load, answers, free_port, stack, stored_notes, tcp_states, wait_until
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
+from project import DEFAULT_VARIANT, IMAGE
 from schemathesis.core.failures import FailureGroup
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -437,8 +438,7 @@ def plain_requests(url, stopping, outcomes):
 
 def connections_to(port):
     """Host sockets connected to `port` and not yet in TIME_WAIT: a closed one stays until the server closes its end."""
-    lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
-    return sum(line.split()[2].endswith(f":{port:04X}") and line.split()[3] != "06" for line in lines)
+    return sum(remote == port and state != TIME_WAIT for _, remote, state in tcp_states())
 
 
 def slow_phase(notes, kind, count):
@@ -578,7 +578,7 @@ def database_frozen(image):
 
 
 def main():
-    image = sys.argv[1] if len(sys.argv) > 1 else "notes-web:slim"
+    image = sys.argv[1] if len(sys.argv) > 1 else f"{IMAGE}:{DEFAULT_VARIANT}"
     durability_after_db_kill(image)
     durability_across_compose_down_up(image)
     graceful_stop(image)

@@ -14,8 +14,10 @@ import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import requests
+from project import DATABASE_URL, MIGRATE, POSTGRES_IMAGE
 
 # Ryuk, testcontainers' clean-up container, cannot be pulled here; every container below is removed by its `with`.
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
@@ -27,12 +29,10 @@ from testcontainers.community.postgres import PostgresContainer  # noqa: E402
 from testcontainers.core.container import DockerContainer  # noqa: E402
 from testcontainers.core.network import Network  # noqa: E402
 
-POSTGRES_IMAGE = os.environ.get("POSTGRES_IMAGE", "postgres:17-trixie")
 # `docker ps --filter label=notes.bench` finds what a run left behind, if it was killed before its clean-up.
 LABEL = {"notes.bench": "harness"}
 DB_PASSWORD = uuid.uuid4().hex
-DATABASE_ENV = {"DATABASE_URL": "postgresql://notes@db:5432/notes", "DATABASE_PASSWORD": DB_PASSWORD}
-MIGRATE = ["python", "-m", "flask", "--app", "app", "migrate"]
+DATABASE_ENV = {"DATABASE_URL": DATABASE_URL, "DATABASE_PASSWORD": DB_PASSWORD}
 # compose.yaml's restrictions on web: a drill must find what production would, not what a laxer container would.
 RESTRICTIONS = {"read_only": True, "cap_drop": ["ALL"], "security_opt": ["no-new-privileges:true"], "labels": LABEL}
 
@@ -43,7 +43,7 @@ def free_port():
         return probe.getsockname()[1]
 
 
-def wait_until(condition, timeout, what):
+def wait_until(condition, timeout, what, interval=0.05):
     """Polls `condition` until it returns a true value, which it returns; a refused connection counts as false."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -52,8 +52,31 @@ def wait_until(condition, timeout, what):
                 return result
         except requests.RequestException:
             pass
-        time.sleep(0.05)
+        time.sleep(interval)
     raise TimeoutError(f"{what}: not within {timeout} s")
+
+
+def tcp_states():
+    """(local port, remote port, state) of every IPv4 and IPv6 TCP socket on this host, from /proc/net."""
+    rows = []
+    for table in ("tcp", "tcp6"):
+        for line in Path("/proc/net", table).read_text().splitlines()[1:]:
+            local, remote, state = line.split()[1:4]
+            rows.append((int(local.rsplit(":", 1)[1], 16), int(remote.rsplit(":", 1)[1], 16), state))
+    return rows
+
+
+TIME_WAIT = "06"  # the kernel's code for the state in /proc/net/tcp
+
+
+def wait_for_time_wait(limit=1000, timeout=70):
+    """Waits until fewer than `limit` sockets are in TIME_WAIT (60 s each on Linux): a load phase that closes a
+    connection per request leaves tens of thousands, and the next phase started among them measures a fraction of
+    its rate. Returns the seconds waited."""
+    start = time.monotonic()
+    wait_until(lambda: sum(state == TIME_WAIT for *_, state in tcp_states()) < limit, timeout,
+               f"fewer than {limit} sockets in TIME_WAIT", interval=1)
+    return time.monotonic() - start
 
 
 def answers(url):

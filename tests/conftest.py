@@ -13,6 +13,7 @@ from pathlib import Path
 
 import docker
 import pytest
+from project import IMAGE, POSTGRES_IMAGE, VARIANTS
 
 # Ryuk, testcontainers' clean-up container, is an image that cannot be pulled here: the fixtures remove their own.
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
@@ -24,7 +25,6 @@ os.environ.setdefault("TC_HOST", "127.0.0.1")
 from testcontainers.community.postgres import PostgresContainer  # after the settings above, which it reads
 
 REPOSITORY = Path(__file__).resolve().parent.parent
-POSTGRES_IMAGE = os.environ.get("POSTGRES_IMAGE", "postgres:17-trixie")
 # Marks the containers these fixtures start, so they can be found (`docker ps --filter label=...`) and told apart.
 TEST_LABEL = {"notes.tests": "test_app"}
 # Every variable app.py reads: removed from the environment a test hands to the app, unless the test sets it.
@@ -39,9 +39,6 @@ APP_VARIABLES = (
     "PORT",
     "WEB_CONCURRENCY",
 )
-
-
-VARIANTS = ("slim", "distroless")
 
 
 def gunicorn_setting(name):
@@ -166,10 +163,10 @@ def images(tmp_path_factory):
     (context / ".git" / "config").write_text(f"[credential]\n\thelper = store {PLANTED_SECRET}\n")
     revision = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPOSITORY, capture_output=True, text=True,
                               check=True).stdout.strip()
-    build = subprocess.run(["make", "--no-print-directory", "build", f"REVISION={revision}", "IMAGE=notes-web"],
+    build = subprocess.run(["make", "--no-print-directory", "build", f"REVISION={revision}", f"IMAGE={IMAGE}"],
                            cwd=context, capture_output=True, text=True)
     assert build.returncode == 0, build.stdout + build.stderr
-    return {"revision": revision, "context": context, **{variant: f"notes-web:{variant}" for variant in VARIANTS}}
+    return {"revision": revision, "context": context, **{variant: f"{IMAGE}:{variant}" for variant in VARIANTS}}
 
 
 def pytest_configure(config):

@@ -2,20 +2,17 @@
 PYTHON_IMAGE, BUILD_IMAGE, DISTROLESS_IMAGE and POSTGRES_IMAGE variables name: upstream, a mirror, or the stand-ins
 that .ci/ builds where no registry is reachable."""
 
-import os
 import time
 import uuid
 
 import psycopg
 import pytest
 from conftest import exported_files
+from project import BASE_VARIABLES, base_image
 
 pytestmark = [pytest.mark.base_images, pytest.mark.docker]
 
-POSTGRES_IMAGE = os.environ.get("POSTGRES_IMAGE", "postgres:17-trixie")
-PYTHON_IMAGE = os.environ.get("PYTHON_IMAGE", "python:3.13-slim-trixie")
-BUILD_IMAGE = os.environ.get("BUILD_IMAGE", "debian:trixie-slim")
-DISTROLESS_IMAGE = os.environ.get("DISTROLESS_IMAGE", "gcr.io/distroless/python3-debian13:nonroot")
+PYTHON_IMAGE, BUILD_IMAGE, DISTROLESS_IMAGE, POSTGRES_IMAGE = map(base_image, BASE_VARIABLES)
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ import docker
 import pytest
 import requests
 from conftest import GRACEFUL_TIMEOUT, POSTGRES_IMAGE, REPOSITORY, VARIANTS, free_port
+from project import IMAGE, MIGRATE, dockerfile
 from requests.adapters import HTTPAdapter
 from testcontainers.community.postgres import PostgresContainer
 from testcontainers.compose import DockerCompose
@@ -28,9 +29,7 @@ from urllib3.util import Retry
 
 pytestmark = pytest.mark.docker
 
-DOCKERFILES = {"slim": "Dockerfile", "distroless": "Dockerfile.distroless"}
 TEST_LABEL = {"notes.tests": "test_compose"}
-MIGRATE = ["python", "-m", "flask", "--app", "app", "migrate"]
 # web answers 503 while it has no database connection, and each gunicorn worker reconnects on its own schedule:
 # like any client of the service, these tests try a 503 again (at once, then after 0.5 s, 1 s, 2 s ... 31 s in all).
 # POST too: the tests compare sets of texts, which a note stored twice would not change.
@@ -42,7 +41,7 @@ http.mount("http://", HTTPAdapter(max_retries=Retry(total=7, backoff_factor=0.25
 # ---------------------------------------------------------------------------------------------- fixtures
 
 
-def compose_environment(env, variant, password_file, repository="notes-web"):
+def compose_environment(env, variant, password_file, repository=IMAGE):
     """Points `docker compose` (and make) in this process at a project of its own with its own secret file, running
     the variant's image from `repository`."""
     override = password_file.with_name("compose.secret.yaml")
@@ -139,8 +138,8 @@ def test_web_and_migrate_run_read_only_without_capabilities_or_privilege_gain_an
 
 def test_web_and_migrate_run_the_image_built_from_the_variants_dockerfile(config, variant):
     web, migrate = config["services"]["web"], config["services"]["migrate"]
-    assert web["image"] == migrate["image"] == f"notes-web:{variant}"
-    assert web["build"]["dockerfile"] == DOCKERFILES[variant]
+    assert web["image"] == migrate["image"] == f"{IMAGE}:{variant}"
+    assert web["build"]["dockerfile"] == dockerfile(variant)
 
 
 def test_web_is_given_longer_to_stop_than_gunicorns_graceful_timeout(config):

@@ -4,14 +4,8 @@ checks what it counted. `make drills` runs the same functions and only prints th
 Marked slow: together they take about two and a half minutes; `pytest -m "not slow"` leaves them out.
 """
 
-import sys
-
+import drills  # bench/drills.py, on the path by pytest.ini
 import pytest
-from conftest import REPOSITORY
-
-# The scenarios live in bench/, a folder of scripts rather than a package, beside the benchmark that shares them.
-sys.path.insert(0, str(REPOSITORY / "bench"))
-import drills  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker]
 

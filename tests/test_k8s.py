@@ -26,6 +26,8 @@ import pytest
 import requests
 import yaml
 from conftest import GRACEFUL_TIMEOUT, wait_until
+from project import IMAGE, POSTGRES_IMAGE, make_default
+from project import MIGRATE as MIGRATE_COMMAND
 from yamllint import linter
 from yamllint.config import YamlLintConfig
 
@@ -35,7 +37,6 @@ OVERLAYS = ("slim", "distroless")
 KUBERNETES_VERSIONS = ("1.35", "1.36", "1.37")
 # Only stable APIs: a beta API can change shape or vanish in a minor release (extensions/v1beta1 did in 1.16).
 GA_API_VERSIONS = {"v1", "apps/v1", "batch/v1", "policy/v1", "autoscaling/v2", "networking.k8s.io/v1"}
-MIGRATE_COMMAND = ["python", "-m", "flask", "--app", "app", "migrate"]
 CHECKOV_CONFIG = Path(__file__).with_name("checkov-k8s.yaml")
 # Only the rule kustomize cannot catch: YAML keeps the last of two equal keys, silently dropping the first.
 YAMLLINT_CONFIG = YamlLintConfig("rules: {key-duplicates: enable}")
@@ -287,8 +288,8 @@ def test_manifest_sources_have_no_duplicate_keys():
 
 def test_overlays_differ_only_in_the_web_image():
     slim, distroless = (kustomize_build(K8S / "overlays" / name) for name in OVERLAYS)
-    assert slim.count("image: notes-web:slim") == 2  # the Deployment and the migration Job
-    assert distroless.replace("notes-web:distroless", "notes-web:slim") == slim
+    assert slim.count(f"image: {IMAGE}:slim") == 2  # the Deployment and the migration Job
+    assert distroless.replace(f"{IMAGE}:distroless", f"{IMAGE}:slim") == slim
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -829,7 +830,7 @@ def host_path(run: DockerRun, container_path: str) -> Path:
 
 def test_docker_run_reproduces_the_web_pods_hardening_and_configuration(manifests, overlay, tmp_path):
     run = docker_run(manifests, find(manifests, "Deployment", "web"), tmp_path)
-    assert run.image == f"notes-web:{overlay}"
+    assert run.image == f"{IMAGE}:{overlay}"
     assert run.args == []
     assert option_values(run.options, "--user") == ["65532:65532"]
     assert option_values(run.options, "--group-add") == ["65532"]
@@ -849,7 +850,7 @@ def test_docker_run_reproduces_the_web_pods_hardening_and_configuration(manifest
     ]
     argv = run.argv("--detach", "--publish", "8000:8000")
     assert argv[:5] == ["docker", "run", "--detach", "--publish", "8000:8000"]
-    assert argv[-1] == f"notes-web:{overlay}"
+    assert argv[-1] == f"{IMAGE}:{overlay}"
 
 
 def test_docker_run_for_the_migration_replaces_the_entrypoint_with_the_migrate_command(manifests, tmp_path):
@@ -860,7 +861,7 @@ def test_docker_run_for_the_migration_replaces_the_entrypoint_with_the_migrate_c
 
 def test_docker_run_for_the_database_keeps_pgdata_in_a_named_volume_and_scratch_in_tmpfs(manifests, tmp_path):
     run = docker_run(manifests, find(manifests, "StatefulSet", "db"), tmp_path)
-    assert run.image == "postgres:17-trixie"
+    assert run.image == make_default("POSTGRES_IMAGE")
     assert option_values(run.options, "--user") == ["10999:10999"]
     mounts = option_values(run.options, "--mount")
     assert "type=volume,src=db-data,dst=/var/lib/postgresql/data" in mounts
@@ -887,7 +888,7 @@ def test_docker_run_puts_the_secret_where_every_password_file_variable_points(ma
 
 def upstream_to_configured(image: str) -> str:
     """The manifests name the upstream Postgres image; a machine without a registry runs POSTGRES_IMAGE instead."""
-    return os.environ.get("POSTGRES_IMAGE", image) if image.startswith("postgres:") else image
+    return POSTGRES_IMAGE if image == make_default("POSTGRES_IMAGE") else image
 
 
 @pytest.mark.docker

@@ -32,6 +32,8 @@ def scan_tool(name):
 
 
 def scan(*args, env=None):
+    """bench/scan/scan.py as `make scan` runs it, with bench/'s shared modules on its path."""
+    env = {**(env or os.environ), "PYTHONPATH": str(REPOSITORY / "bench")}
     return subprocess.run([scan_tool("python"), str(REPOSITORY / "bench" / "scan" / "scan.py"), *args],
                           capture_output=True, text=True, timeout=900, env=env)
 
@@ -220,7 +222,6 @@ def test_only_the_publish_job_may_write_packages_or_mint_tokens_and_only_for_a_p
 
 def test_ci_gates_each_variant_on_fixable_high_and_critical_vulnerabilities():
     image = yaml.safe_load(WORKFLOW.read_text())["jobs"]["image"]
-    assert image["strategy"]["matrix"]["variant"] == list(VARIANTS)
     trivy = next(step for step in image["steps"] if step.get("uses", "").startswith("aquasecurity/trivy-action@"))
     gate = {key: trivy["with"][key] for key in ("severity", "ignore-unfixed", "exit-code")}
     assert gate == {"severity": "HIGH,CRITICAL", "ignore-unfixed": True, "exit-code": "1"}

@@ -1,6 +1,8 @@
 """Lints and scans what ships, offline: `make scan` prints one table per image variant and exits 1 on any finding.
 
-Usage: python bench/scan/scan.py [--only CHECK]... [--root DIR] [--image-repository NAME] [--output DIR] [VARIANT]...
+Usage: make scan, or
+  PYTHONPATH=bench python bench/scan/scan.py [--only CHECK]... [--root DIR] [--image-repository NAME]
+    [--output DIR] [VARIANT]...
 
 For each variant (slim, distroless):
   hadolint         its Dockerfile, with .hadolint.yaml
@@ -30,9 +32,10 @@ from cyclonedx.schema import SchemaVersion
 from cyclonedx.validation.json import JsonStrictValidator
 from debian.deb822 import Deb822
 from packageurl import PackageURL
+from project import IMAGE, VARIANTS, dockerfile
 
 ROOT = Path(__file__).resolve().parents[2]
-DOCKERFILES = {"slim": "Dockerfile", "distroless": "Dockerfile.distroless"}
+DOCKERFILES = {variant: dockerfile(variant) for variant in VARIANTS}
 CHECKS = ("hadolint", "checkov", "yamllint", "sbom", "secrets", "vulnerabilities")
 CHECKOV_DOCKERFILE_CONFIG = "bench/scan/checkov-dockerfile.yaml"
 CHECKOV_K8S_CONFIG = "tests/checkov-k8s.yaml"
@@ -379,7 +382,7 @@ def main():
     parser.add_argument("variants", nargs="*", metavar="VARIANT", help=f"{' or '.join(DOCKERFILES)} (default: both)")
     parser.add_argument("--only", action="append", choices=CHECKS, help="run only this check (repeatable)")
     parser.add_argument("--root", type=Path, default=ROOT, help="where the Dockerfiles, compose.yaml and k8s/ are")
-    parser.add_argument("--image-repository", default="notes-web", help="images are REPOSITORY:VARIANT")
+    parser.add_argument("--image-repository", default=IMAGE, help="images are REPOSITORY:VARIANT")
     parser.add_argument("--output", type=Path, help="the SBOMs' folder (default: ROOT/build/sbom)")
     args = parser.parse_args()
     if unknown := set(args.variants) - DOCKERFILES.keys():

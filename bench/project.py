@@ -1,0 +1,51 @@
+"""The project's shared facts, each read from the one file that defines it, for the tests and every tool.
+
+Variants, the image name and the base-image defaults come from the Makefile; the database URL and the migrate
+command from compose.yaml. tests/test_project.py proves that every other place that must agree does: the CI
+matrix, the Kubernetes overlays and manifests, the Dockerfiles and the README.
+"""
+
+import os
+import re
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def make_default(name, root=ROOT):
+    """A variable as the Makefile sets it (`NAME ?= value`, `:=` or `=`), its first line."""
+    found = re.search(rf"^{name} [?:]?= *(.*)$", (root / "Makefile").read_text(), re.M)
+    if not found:
+        raise LookupError(f"Makefile: no `{name} ?=` line")
+    return found[1].strip()
+
+
+IMAGE = make_default("IMAGE")  # the repository that `make build` tags, Compose runs and k8s/ deploys
+VARIANTS = tuple(make_default("VARIANTS").split())
+DEFAULT_VARIANT = VARIANTS[0]
+BASE_VARIABLES = ("PYTHON_IMAGE", "BUILD_IMAGE", "DISTROLESS_IMAGE", "POSTGRES_IMAGE")
+
+
+def dockerfile(variant):
+    """The default variant builds from Dockerfile, every other from Dockerfile.<variant>, as compose.yaml reads
+    VARIANT and the Makefile names them."""
+    return "Dockerfile" if variant == DEFAULT_VARIANT else f"Dockerfile.{variant}"
+
+
+def base_variable(variant, root=ROOT):
+    """The variable naming the image a variant runs on: its Dockerfile labels that image as its base."""
+    text = (root / dockerfile(variant)).read_text()
+    return re.search(r'org\.opencontainers\.image\.base\.name="\$\{(\w+)\}"', text)[1]
+
+
+def base_image(variable):
+    """A base image as make passes it (a mirror's, or .ci/'s stand-ins), else the Makefile's upstream default."""
+    return os.environ.get(variable) or make_default(variable)
+
+
+POSTGRES_IMAGE = base_image("POSTGRES_IMAGE")
+_COMPOSE = yaml.safe_load((ROOT / "compose.yaml").read_text())
+DATABASE_URL = _COMPOSE["services"]["web"]["environment"]["DATABASE_URL"]
+MIGRATE = _COMPOSE["services"]["migrate"]["command"]  # `flask migrate`, as the web image runs it
