@@ -157,4 +157,4 @@ $(DB_PASSWORD_FILE):
 	@echo "created $@: a random password, ignored by git"
 
 k8s-validate: venv ## render both Kubernetes overlays and check them offline: schemas, restricted profile, checkov
-	$(PYTEST) tests/test_k8s.py -m "not docker"
+	$(PYTEST) tests/test_k8s.py tests/test_k8s_docker.py tests/test_kube.py -m "not docker"

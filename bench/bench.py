@@ -31,13 +31,16 @@ from harness import (
     LABEL,
     POSTGRES_IMAGE,
     answers,
+    cold_and_rebuild,
     free_port,
+    markdown_table,
     migrate,
     postgres,
+    timed_build,
     wait_for_time_wait,
     wait_until,
 )
-from project import BASE_VARIABLES, base_image
+from project import base_image
 from testcontainers.core.container import DockerContainer
 from testcontainers.core.network import Network
 
@@ -50,7 +53,6 @@ LOAD_SECONDS = 10
 ROUNDS = 2
 STARTS = 5  # `docker run` -> ready is the median of this many starts
 BASES = {name: base_image(name) for name in ("PYTHON_IMAGE", "DISTROLESS_IMAGE")}
-BASE_ARGS = [arg for name in BASE_VARIABLES if name in os.environ for arg in ("--build-arg", name)]
 
 
 @dataclass(frozen=True)
@@ -103,13 +105,6 @@ def run(*command, timeout=None, **options):
 # ---------------------------------------------------------------------------------------------- measurements
 
 
-def timed_build(context, dockerfile, tag, *extra):
-    start = time.monotonic()
-    image_id = run("docker", "build", "--quiet", "--file", str(context / dockerfile), "--tag", tag, *BASE_ARGS,
-                   *extra, str(context)).strip()
-    return time.monotonic() - start, image_id
-
-
 def build(variant, scratch):
     """Cold build, then a rebuild after a one-line app.py change; returns both times and the image measured.
 
@@ -124,13 +119,9 @@ def build(variant, scratch):
         if config.count(SHIPPED_WORKER_MODEL) != 1:
             sys.exit(f"bench: gunicorn.conf.py no longer has one line {SHIPPED_WORKER_MODEL!r} to replace")
         (context / "gunicorn.conf.py").write_text(config.replace(SHIPPED_WORKER_MODEL, variant.worker_model))
-        timed_build(context, variant.dockerfile, tag)
+        timed_build(context, variant.dockerfile, tag, timeout=remaining())
         return None, None, tag
-    cold, cold_id = timed_build(context, variant.dockerfile, tag, "--no-cache")
-    with open(context / "app.py", "a") as app:
-        app.write(f"# rebuilt at {time.time()}\n")
-    rebuild, _ = timed_build(context, variant.dockerfile, tag)
-    run("docker", "image", "rm", cold_id)  # untagged by the rebuild
+    cold, rebuild = cold_and_rebuild(context, variant.dockerfile, tag, timeout=remaining())
     return cold, rebuild, tag
 
 
@@ -249,11 +240,6 @@ def load_rounds(results, db):
 # ---------------------------------------------------------------------------------------------- report
 
 
-def table(header, rows):
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
-
-
 def load_cells(figures):
     if not figures:
         return ["—"] * 4
@@ -278,22 +264,22 @@ def by_name(results, name):
 
 def tables(results, database):
     naive, ceiling, sync = results[0], by_name(results, "ceiling"), by_name(results, "sync")
-    images = table(
+    images = markdown_table(
         ["variant", "what", "size MB", "over base MB", "cold build s", "rebuild s", "run → ready s",
          "idle memory MiB", "workers"],
         [[r["variant"].name, r["variant"].what, f"{r['size'] / 1e6:.1f}", f"{(r['size'] - r['base']) / 1e6:.1f}",
           seconds(r["cold"]), seconds(r["rebuild"]), f"{r['ready']:.2f} ({r['variant'].ready})",
           f"{r['idle'] / 2**20:.1f}", str(r["workers"] or "—")] for r in results])
-    loads = table(
+    loads = markdown_table(
         ["variant", "GET / req/s", "p50 ms", "p99 ms", "errors", "notes mix req/s", "p50 ms", "p99 ms", "errors"],
         [[r["variant"].name, *load_cells(r["hello"]), *load_cells(r.get("notes"))] for r in results]
         + [["database (pgbench)", *["—"] * 4, f"{database['rps']:.0f}",
             f"{database['latency_ms']:.1f} (mean)", "—", "0"]])
-    shares = table(
+    shares = markdown_table(
         ["variant", "GET / of the bare-WSGI ceiling", "notes mix of the database ceiling", "notes mix × sync"],
         [[r["variant"].name, share(r["hello"], ceiling["hello"]["rps"]), share(r.get("notes"), database["rps"]),
           ratio(r["notes"]["rps"], sync["notes"]["rps"]) if "notes" in r else "—"] for r in results])
-    ratios = table(
+    ratios = markdown_table(
         ["variant", "size", "over base", "run → ready", "idle memory", "GET / req/s", "GET / p99"],
         [[r["variant"].name, ratio(r["size"], naive["size"]),
           ratio(r["size"] - r["base"], naive["size"] - naive["base"]), ratio(r["ready"], naive["ready"]),

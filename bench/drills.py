@@ -18,7 +18,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,7 +26,18 @@ from urllib.parse import quote
 
 import requests
 import schemathesis
-from harness import TIME_WAIT, Load, answers, free_port, stack, stored_notes, tcp_states, wait_until
+from harness import (
+    TIME_WAIT,
+    Load,
+    answers,
+    compose_environment,
+    free_port,
+    stack,
+    stored_notes,
+    tcp_states,
+    wait_until,
+    write_password_file,
+)
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from project import DEFAULT_VARIANT, IMAGE
@@ -92,19 +102,9 @@ def compose_project(image):
     """compose.yaml up (`--wait`) with web and migrate on `image`, under a project name, WEB_PORT and password file
     of its own; `down --volumes` after. Yields a function that runs `docker compose` in the project, and web's URL.
     """
-    repository, variant = image.rsplit(":", 1)
     with tempfile.TemporaryDirectory() as scratch:
-        password = Path(scratch, "db_password.txt")
-        password.write_text(uuid.uuid4().hex + "\n")
-        # As `make up` writes it: Compose bind-mounts it with the host file's mode, for web's and db's uids.
-        password.chmod(0o644)
-        override = Path(scratch, "compose.drill.yaml")
-        override.write_text(f"secrets:\n  db_password:\n    file: {password}\n")
         port = free_port()
-        environment = {**os.environ, "COMPOSE_FILE": os.pathsep.join(["compose.yaml", str(override)]),
-                       "COMPOSE_PROJECT_NAME": f"notes-drill-{uuid.uuid4().hex[:8]}", "WEB_PORT": str(port),
-                       # compose.yaml runs ${IMAGE}:${VARIANT:-slim}, and reads VARIANT=slim as Dockerfile.slim.
-                       "IMAGE": repository, "VARIANT": "" if variant == "slim" else variant}
+        environment = {**os.environ, **compose_environment(image, write_password_file(scratch), port)}
 
         def compose(*arguments):
             done = subprocess.run(["docker", "compose", *arguments], cwd=ROOT, env=environment, capture_output=True,

@@ -5,10 +5,13 @@ network of its own under the alias `db`, the schema migrated by the web image it
 compose.yaml's restrictions. Web is published on a fixed 127.0.0.1 port, so that it keeps it across a restart.
 """
 
+import io
 import itertools
 import json
 import os
 import socket
+import subprocess
+import tarfile
 import threading
 import time
 import uuid
@@ -17,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
-from project import DATABASE_URL, MIGRATE, POSTGRES_IMAGE
+from project import BASE_VARIABLES, DATABASE_URL, DEFAULT_VARIANT, MIGRATE, POSTGRES_IMAGE
 
 # Ryuk, testcontainers' clean-up container, cannot be pulled here; every container below is removed by its `with`.
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
@@ -43,8 +46,10 @@ def free_port():
         return probe.getsockname()[1]
 
 
-def wait_until(condition, timeout, what, interval=0.05):
-    """Polls `condition` until it returns a true value, which it returns; a refused connection counts as false."""
+def wait_until(condition, timeout, what="the condition", interval=0.05, explain=None):
+    """Polls `condition` until it returns a true value, which it returns; a refused connection counts as false.
+
+    After `timeout` seconds it raises TimeoutError naming `what`, with what `explain()` says (a container's log)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -53,7 +58,7 @@ def wait_until(condition, timeout, what, interval=0.05):
         except requests.RequestException:
             pass
         time.sleep(interval)
-    raise TimeoutError(f"{what}: not within {timeout} s")
+    raise TimeoutError(f"{what}: not within {timeout} s" + (f"; {explain()}" if explain else ""))
 
 
 def tcp_states():
@@ -84,12 +89,66 @@ def answers(url):
     return lambda: requests.get(url, timeout=2).status_code == 200
 
 
+# ---------------------------------------------------------------------------------------------- images
+
+# The base-image variables make exports (a mirror's, or .ci/'s stand-ins): passed on to every build.
+BASE_ARGS = [arg for name in BASE_VARIABLES if name in os.environ for arg in ("--build-arg", name)]
+
+
+def timed_build(context, dockerfile, tag, *extra, timeout=600):
+    """`docker build` of the folder `context` with its `dockerfile`; returns the seconds it took and the image id."""
+    start = time.monotonic()
+    image_id = subprocess.run(
+        ["docker", "build", "--quiet", "--file", str(context / dockerfile), "--tag", tag, *BASE_ARGS, *extra,
+         str(context)], check=True, capture_output=True, text=True, timeout=timeout).stdout.strip()
+    return time.monotonic() - start, image_id
+
+
+def cold_and_rebuild(context, dockerfile, tag, timeout=600):
+    """The two build times a developer meets: cold (--no-cache), then after a one-line change to app.py.
+
+    `context` is a scratch copy, changed here; `tag` names the rebuild, and the cold image is removed."""
+    cold, cold_id = timed_build(context, dockerfile, tag, "--no-cache", timeout=timeout)
+    with open(context / "app.py", "a") as source:
+        source.write(f"# rebuilt at {time.time()}\n")
+    rebuild, rebuild_id = timed_build(context, dockerfile, tag, timeout=timeout)
+    if cold_id != rebuild_id:
+        subprocess.run(["docker", "image", "rm", cold_id], check=True, capture_output=True, timeout=60)
+    return cold, rebuild
+
+
+def exported_files(client, image):
+    """Every path in the image's filesystem with its tar header (mode, owner), read from `docker export`."""
+    container = client.containers.create(image)
+    try:
+        stream = io.BytesIO(b"".join(container.export()))
+    finally:
+        container.remove()
+    with tarfile.open(fileobj=stream) as archive:
+        return {member.name.lstrip("./"): member for member in archive.getmembers()}
+
+
+def markdown_table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
 # ---------------------------------------------------------------------------------------------- containers
 
 
-def postgres(network):
-    container = PostgresContainer(POSTGRES_IMAGE, username="notes", password=DB_PASSWORD, dbname="notes")
-    return container.with_network(network).with_network_aliases("db").with_kwargs(labels=LABEL)
+def postgres(network=None, port=None, published=True, password=DB_PASSWORD, labels=LABEL):
+    """PostgreSQL as compose.yaml runs it: role and database `notes`; on `network` under the alias `db` when given.
+
+    Published on 127.0.0.1, on `port` when given (Docker would pick a new one each time the container starts
+    again), or, with published=False, nowhere: as in compose.yaml, only containers on its network reach it.
+    """
+    container = PostgresContainer(POSTGRES_IMAGE, username="notes", password=password, dbname="notes")
+    container.ports.clear()
+    if published:
+        container.ports["5432/tcp"] = ("127.0.0.1", port)
+    if network is not None:
+        container.with_network(network).with_network_aliases("db")
+    return container.with_kwargs(labels=labels)
 
 
 def migrate(image, network):
@@ -138,6 +197,31 @@ def stack(image):
         with web(image, network, port) as app:
             wait_until(answers(f"http://127.0.0.1:{port}/readyz"), 30, f"{image} ready")
             yield Stack(network, db, app, port)
+
+
+# ---------------------------------------------------------------------------------------------- Compose
+
+
+def write_password_file(folder):
+    """A random db_password secret in `folder`, as `make up` writes it: readable by web's uid 65532 and db's 999,
+    since Compose bind-mounts a file secret with the host file's mode."""
+    path = Path(folder, "db_password.txt")
+    path.write_text(uuid.uuid4().hex + "\n")
+    path.chmod(0o644)
+    return path
+
+
+def compose_environment(image, password_file, port):
+    """The variables under which `docker compose` runs compose.yaml as a project of its own: its own name, WEB_PORT
+    and secret file (an override merged over compose.yaml), web and migrate on `image`. A developer's stack and
+    secrets/ stay untouched."""
+    repository, variant = image.rsplit(":", 1)
+    override = Path(password_file).with_name("compose.secret.yaml")
+    override.write_text(f"secrets:\n  db_password:\n    file: {password_file}\n")
+    return {"COMPOSE_FILE": os.pathsep.join(["compose.yaml", str(override)]),
+            "COMPOSE_PROJECT_NAME": f"notes-{variant}-{uuid.uuid4().hex[:8]}", "WEB_PORT": str(port),
+            # compose.yaml runs ${IMAGE}:${VARIANT:-slim}; the Makefile passes the default variant as empty.
+            "IMAGE": repository, "VARIANT": "" if variant == DEFAULT_VARIANT else variant}
 
 
 # ---------------------------------------------------------------------------------------------- load

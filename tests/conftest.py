@@ -1,28 +1,18 @@
 """Shared fixtures: a real PostgreSQL from testcontainers, and the app wired to it."""
 
-import io
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import tarfile
-import time
 from pathlib import Path
 
 import docker
+import harness
 import pytest
-from project import IMAGE, POSTGRES_IMAGE, VARIANTS
-
-# Ryuk, testcontainers' clean-up container, is an image that cannot be pulled here: the fixtures remove their own.
-os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
-# Reach containers through ports published on 127.0.0.1, never container IPs, even when the tests themselves
-# run inside a container (where testcontainers would otherwise pick the gateway's IP).
-os.environ.setdefault("TESTCONTAINERS_CONNECTION_MODE", "docker_host")
-os.environ.setdefault("TC_HOST", "127.0.0.1")
-
-from testcontainers.community.postgres import PostgresContainer  # after the settings above, which it reads
+import yaml
+from harness import exported_files, free_port, wait_until  # noqa: F401  (the tests' too)
+from project import IMAGE, POSTGRES_IMAGE, VARIANTS  # noqa: F401
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 # Marks the containers these fixtures start, so they can be found (`docker ps --filter label=...`) and told apart.
@@ -48,23 +38,10 @@ def gunicorn_setting(name):
 
 # How long gunicorn lets requests finish after SIGTERM; every grace period in compose.yaml and k8s/ must exceed it.
 GRACEFUL_TIMEOUT = gunicorn_setting("graceful_timeout")
+# The shape of every timestamp the app writes: UTC, with microseconds.
+RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
 # Planted in the build context of the images under test; it must never reach an image.
 PLANTED_SECRET = "planted-secret-value-that-must-never-ship"
-
-
-def wait_until(condition, timeout, interval=0.1, explain=lambda: ""):
-    """Poll until condition() is true; fail after timeout seconds, with what explain() says."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout} s {explain()}")
-        time.sleep(interval)
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -74,10 +51,7 @@ def postgres():
     Its port is published on a fixed 127.0.0.1 port: Docker picks a new random host port each time a container
     with a random one starts again, and the outage test stops and starts this container under a running app.
     """
-    container = PostgresContainer(POSTGRES_IMAGE, username="app", password="test-password-7fq2", dbname="app")
-    container.ports["5432"] = ("127.0.0.1", free_port())
-    container.with_kwargs(labels=TEST_LABEL)
-    with container:
+    with harness.postgres(port=free_port(), password="test-password-7fq2", labels=TEST_LABEL) as container:
         yield container
 
 
@@ -129,17 +103,6 @@ def docker_client():
     client.close()
 
 
-def exported_files(client, image):
-    """Every path in the image's filesystem with its tar header (mode, owner), read from `docker export`."""
-    container = client.containers.create(image)
-    try:
-        stream = io.BytesIO(b"".join(container.export()))
-    finally:
-        container.remove()
-    with tarfile.open(fileobj=stream) as archive:
-        return {member.name.lstrip("./"): member for member in archive.getmembers()}
-
-
 def copy_repository(destination):
     """The working tree's files that git tracks or would track, copied to `destination`; returns it."""
     listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPOSITORY,
@@ -167,6 +130,40 @@ def images(tmp_path_factory):
                            cwd=context, capture_output=True, text=True)
     assert build.returncode == 0, build.stdout + build.stderr
     return {"revision": revision, "context": context, **{variant: f"{IMAGE}:{variant}" for variant in VARIANTS}}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The Kubernetes manifests, rendered
+
+
+def kustomize_build(directory: Path) -> str:
+    if shutil.which("kubectl"):
+        command = ["kubectl", "kustomize", str(directory)]
+    elif shutil.which("kustomize"):
+        command = ["kustomize", "build", str(directory)]
+    else:
+        pytest.skip("neither kubectl nor kustomize is on PATH: the manifests cannot be rendered")
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stderr}"
+    return result.stdout
+
+
+@pytest.fixture(scope="module", params=VARIANTS)
+def overlay(request) -> str:
+    """Each variant's overlay in k8s/overlays/, rendered by the fixtures below (tests/test_k8s*.py)."""
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def rendered(overlay) -> str:
+    return kustomize_build(REPOSITORY / "k8s" / "overlays" / overlay)
+
+
+@pytest.fixture(scope="module")
+def manifests(rendered) -> list[dict]:
+    return [doc for doc in yaml.safe_load_all(rendered) if doc]
+
+
 
 
 def pytest_configure(config):

@@ -7,7 +7,6 @@ developer's stack or secrets/. The tests talk to containers only through ports p
 """
 
 import contextlib
-import os
 import re
 import socket
 import subprocess
@@ -15,12 +14,12 @@ import uuid
 from dataclasses import dataclass
 
 import docker
+import harness
 import pytest
 import requests
-from conftest import GRACEFUL_TIMEOUT, POSTGRES_IMAGE, REPOSITORY, VARIANTS, free_port
+from conftest import GRACEFUL_TIMEOUT, REPOSITORY, VARIANTS, free_port
 from project import IMAGE, MIGRATE, dockerfile
 from requests.adapters import HTTPAdapter
-from testcontainers.community.postgres import PostgresContainer
 from testcontainers.compose import DockerCompose
 from testcontainers.core.container import DockerContainer
 from testcontainers.core.network import Network
@@ -41,29 +40,14 @@ http.mount("http://", HTTPAdapter(max_retries=Retry(total=7, backoff_factor=0.25
 # ---------------------------------------------------------------------------------------------- fixtures
 
 
-def compose_environment(env, variant, password_file, repository=IMAGE):
-    """Points `docker compose` (and make) in this process at a project of its own with its own secret file, running
-    the variant's image from `repository`."""
-    override = password_file.with_name("compose.secret.yaml")
-    # An override merged over compose.yaml: the secret's file is replaced, nothing else changes.
-    override.write_text(f"secrets:\n  db_password:\n    file: {password_file}\n")
-    env.setenv("COMPOSE_FILE", os.pathsep.join(["compose.yaml", str(override)]))
-    env.setenv("COMPOSE_PROJECT_NAME", f"notes-test-{variant}-{uuid.uuid4().hex[:8]}")
-    # compose.yaml reads an empty VARIANT as slim, as the Makefile passes it.
-    env.setenv("VARIANT", "" if variant == "slim" else variant)
-    env.setenv("IMAGE", repository)
-
-
-def write_password_file(folder):
-    path = folder / "db_password.txt"
-    path.write_text(uuid.uuid4().hex + "\n")
-    # As `make up` writes it: readable by web's uid 65532 and db's 999, since Compose keeps the host file's mode.
-    path.chmod(0o644)
-    return path
+def use_compose_project(env, image, password_file, port=None):
+    """Points `docker compose` (and make) in this process at a project of its own running `image`."""
+    for name, value in harness.compose_environment(image, password_file, port or free_port()).items():
+        env.setenv(name, value)
 
 
 @dataclass
-class Stack:
+class ComposeStack:
     compose: DockerCompose
     variant: str
     port: int
@@ -85,12 +69,11 @@ def stack(request, images, tmp_path_factory):
     """The whole stack of one variant, up and healthy (`up --wait`); `down --volumes` at the end."""
     variant = request.param
     port = free_port()
-    password_file = write_password_file(tmp_path_factory.mktemp(f"compose-{variant}"))
+    password_file = harness.write_password_file(tmp_path_factory.mktemp(f"compose-{variant}"))
     with pytest.MonkeyPatch.context() as env:
-        compose_environment(env, variant, password_file, repository=images[variant].rpartition(":")[0])
-        env.setenv("WEB_PORT", str(port))
+        use_compose_project(env, images[variant], password_file, port)
         with DockerCompose(REPOSITORY) as compose:
-            yield Stack(compose, variant, port)
+            yield ComposeStack(compose, variant, port)
 
 
 @pytest.fixture(params=VARIANTS)
@@ -101,7 +84,7 @@ def variant(request):
 @pytest.fixture
 def config(variant, tmp_path, monkeypatch):
     """`docker compose config` as JSON, for one variant: the model Compose will run, after interpolation."""
-    compose_environment(monkeypatch, variant, write_password_file(tmp_path))
+    use_compose_project(monkeypatch, f"{IMAGE}:{variant}", harness.write_password_file(tmp_path))
     return DockerCompose(REPOSITORY).get_config()
 
 
@@ -257,10 +240,7 @@ def start_db(network, db_volume):
     started = []
 
     def start():
-        container = PostgresContainer(POSTGRES_IMAGE, username="notes", password=DB_PASSWORD, dbname="notes")
-        # Published nowhere, as in compose.yaml: only web reaches it, over the network.
-        container.ports.clear()
-        container.with_network(network).with_network_aliases("db").with_kwargs(labels=TEST_LABEL)
+        container = harness.postgres(network, published=False, password=DB_PASSWORD, labels=TEST_LABEL)
         container.with_volume_mapping(db_volume, "/var/lib/postgresql/data", "rw")
         started.append(container.start())
         return container

@@ -8,19 +8,18 @@ import subprocess
 import sys
 import time
 
+import harness
 import pytest
 import requests
 from conftest import (
     APP_VARIABLES,
     GRACEFUL_TIMEOUT,
     PLANTED_SECRET,
-    POSTGRES_IMAGE,
     REPOSITORY,
     VARIANTS,
     exported_files,
     wait_until,
 )
-from testcontainers.community.postgres import PostgresContainer
 from testcontainers.core.container import DockerContainer
 from testcontainers.core.network import Network
 
@@ -39,9 +38,7 @@ def network():
 @pytest.fixture(scope="module")
 def database(network):
     """Postgres reachable from the web containers by the service name `db`, migrated once."""
-    container = PostgresContainer(POSTGRES_IMAGE, username="notes", password=DB_PASSWORD, dbname="notes")
-    container.with_network(network).with_network_aliases("db")
-    with container:
+    with harness.postgres(network, password=DB_PASSWORD) as container:
         host_url = f"postgresql://notes@127.0.0.1:{container.get_exposed_port(5432)}/notes"
         environment = {name: value for name, value in os.environ.items() if name not in APP_VARIABLES}
         subprocess.run([sys.executable, "-m", "flask", "--app", "app", "migrate"], cwd=REPOSITORY, check=True,

@@ -111,7 +111,8 @@ def test_the_readmes_template_rename_keeps_the_fast_checks_green(tmp_path):
     copy = renamed_copy(tmp_path)
     fast = [
         # Everything about the manifests but running them, and the places that must agree.
-        ["tests/test_project.py", "tests/test_k8s.py", "-m", "not docker", "-k", "not template_rename"],
+        ["tests/test_project.py", "tests/test_k8s.py", "tests/test_k8s_docker.py", "-m", "not docker", "-k",
+         "not template_rename"],
         # What `docker compose config` makes of compose.yaml: needs the CLI, not an engine.
         ["tests/test_compose.py", "-k", "read_only or dockerfile or graceful"],
     ]

@@ -1,0 +1,153 @@
+"""The app under gunicorn with gunicorn.conf.py, as both images run it, started as a process against the test
+database: the greeting, the password file, the JSON access log, configuration errors, and the header and body
+deadlines that keep slow clients from holding a worker."""
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from conftest import REPOSITORY, RFC3339_UTC, free_port, gunicorn_setting, wait_until
+
+# ---------------------------------------------------------------------------------------------- gunicorn
+
+
+def http(method, url, body=None):
+    request = urllib.request.Request(url, method=method, data=body and json.dumps(body).encode())
+    if body is not None:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.headers, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers, error.read()
+
+
+def gunicorn_command():
+    return [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:create_app()"]
+
+
+@pytest.fixture(scope="module")
+def gunicorn(app_environment, postgres, tmp_path_factory):
+    """The real server: `gunicorn -c gunicorn.conf.py 'app:create_app()'`, its password read from a secret file."""
+    directory = tmp_path_factory.mktemp("gunicorn")
+    password_file = directory / "database_password"
+    password_file.write_text(postgres.password + "\n")
+    port = free_port()
+    environment = {**app_environment, "NAME": "Gunicorn", "PORT": str(port)}
+    environment.pop("DATABASE_PASSWORD")
+    environment["DATABASE_PASSWORD_FILE"] = str(password_file)
+    stdout, stderr = directory / "stdout", directory / "stderr"
+    with stdout.open("w") as out, stderr.open("w") as err:
+        process = subprocess.Popen(gunicorn_command(), env=environment, cwd=REPOSITORY, stdout=out, stderr=err)
+    url = f"http://127.0.0.1:{port}"
+
+    def answering():
+        assert process.poll() is None, stderr.read_text()
+        try:
+            return http("GET", f"{url}/healthz")[0] == 200
+        except OSError:
+            return False
+
+    try:
+        wait_until(answering, timeout=30)
+        yield {"url": url, "stdout": stdout, "stderr": stderr}
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    assert process.returncode == 0, stderr.read_text()
+    assert postgres.password not in stdout.read_text() + stderr.read_text()
+
+
+def access_log_entry(gunicorn, request_id):
+    entries = [json.loads(line) for line in gunicorn["stdout"].read_text().splitlines()]
+    matching = [entry for entry in entries if entry.get("request_id") == request_id]
+    return matching[0] if matching else None
+
+
+def test_gunicorn_serves_the_greeting_with_name_from_the_environment(gunicorn):
+    status, headers, body = http("GET", gunicorn["url"] + "/")
+    assert (status, body) == (200, b"Hello, Gunicorn!")
+    assert headers["Content-Type"] == "text/plain; charset=utf-8"
+
+
+def test_gunicorn_stores_a_note_with_the_password_from_a_file(gunicorn):
+    status, headers, body = http("POST", gunicorn["url"] + "/api/notes", {"text": "via gunicorn"})
+    assert status == 201
+    note = json.loads(body)
+    status, _, body = http("GET", gunicorn["url"] + headers["Location"])
+    assert (status, json.loads(body)) == (200, note)
+
+
+def test_gunicorn_writes_one_json_access_line_per_request(gunicorn):
+    status, headers, _ = http("GET", gunicorn["url"] + "/api/notes/999999999")
+    assert status == 404
+    request_id = headers["X-Request-ID"]
+    wait_until(lambda: access_log_entry(gunicorn, request_id), timeout=10)
+    lines = [line for line in gunicorn["stdout"].read_text().splitlines() if request_id in line]
+    assert len(lines) == 1
+    entry = json.loads(lines[0])
+    assert entry["method"] == "GET"
+    assert entry["path"] == "/api/notes/999999999"
+    assert entry["status"] == 404
+    assert isinstance(entry["duration_ms"], float) and 0 <= entry["duration_ms"] < 10_000
+    assert RFC3339_UTC.match(entry["time"])
+
+
+@pytest.mark.parametrize(
+    "variables, variable",
+    [({"WEB_CONCURRENCY": "0"}, "WEB_CONCURRENCY"), ({"PORT": "http"}, "PORT"), ({"LOG_LEVEL": "loud"}, "LOG_LEVEL")],
+)
+def test_gunicorn_refuses_invalid_configuration_with_one_line(app_environment, variables, variable):
+    environment = {**app_environment, "PORT": str(free_port()), **variables}
+    result = subprocess.run(
+        gunicorn_command(), env=environment, cwd=REPOSITORY, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode != 0
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"configuration error: {variable}: ")
+
+
+# ---------------------------------------------------------------------------------------------- slow clients
+
+
+def trickle(url, head, seconds):
+    """Sends `head`, then a byte a second until the server closes the connection; returns (seconds, response)."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=seconds + 5) as client:
+        client.sendall(head)
+        started, received = time.monotonic(), b""
+        client.settimeout(1)
+        while time.monotonic() - started < seconds + 5:
+            try:
+                client.sendall(b"x")
+                data = client.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:  # reset, or the pipe broke: closed
+                break
+            if not data:
+                break
+            received += data
+        return time.monotonic() - started, received
+
+
+def test_gunicorn_disconnects_a_client_whose_headers_never_end_after_keepalive_seconds(gunicorn):
+    bound = gunicorn_setting("keepalive")
+    seconds, response = trickle(gunicorn["url"], b"GET / HTTP/1.1\r\nHost: test\r\nX-Slow: ", bound)
+    assert bound - 1 <= seconds <= bound + 2 and response == b""
+    assert http("GET", gunicorn["url"] + "/")[0] == 200
+
+
+def test_gunicorn_answers_408_json_and_disconnects_a_body_slower_than_its_deadline(gunicorn):
+    bound = gunicorn_setting("BODY_TIMEOUT_SECONDS")
+    head = (b"POST /api/notes HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 60000\r\n\r\n")
+    seconds, response = trickle(gunicorn["url"], head, bound)
+    assert bound - 1 <= seconds <= bound + 2
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 "), response
+    assert json.loads(body)["error"]["code"] == "request_timeout"
