@@ -26,20 +26,20 @@ $(VENV)/.installed: tests/requirements.txt requirements.txt
 
 # schemathesis and hypothesis, for the bad-input drill: compiled with tests/requirements.txt as constraints, so they
 # share the tests' virtual environment.
-$(VENV)/.fuzz-installed: tests/requirements-fuzz.txt $(VENV)/.installed
-	$(VENV)/bin/pip install --quiet --require-hashes -r tests/requirements-fuzz.txt
+$(VENV)/.fuzz-installed: tools/break/requirements-fuzz.txt $(VENV)/.installed
+	$(VENV)/bin/pip install --quiet --require-hashes -r tools/break/requirements-fuzz.txt
 	touch $@
 
 # checkov pins packaging<24 and pytest needs >=24: it gets a virtual environment of its own.
-$(VENV)/checkov/bin/checkov: tests/requirements-checkov.txt | $(VENV)/.installed
+$(VENV)/checkov/bin/checkov: tools/scan/requirements-checkov.txt | $(VENV)/.installed
 	python3 -m venv $(VENV)/checkov
-	$(VENV)/checkov/bin/pip install --quiet --require-hashes -r tests/requirements-checkov.txt
+	$(VENV)/checkov/bin/pip install --quiet --require-hashes -r tools/scan/requirements-checkov.txt
 	touch $@
 
 # The scanners get one too: cyclonedx-bom needs a newer cyclonedx-python-lib than checkov pins.
-$(VENV)/scan/.installed: tests/requirements-scan.txt | $(VENV)/.installed
+$(VENV)/scan/.installed: tools/scan/requirements-scan.txt | $(VENV)/.installed
 	python3 -m venv $(VENV)/scan
-	$(VENV)/scan/bin/pip install --quiet --require-hashes -r tests/requirements-scan.txt
+	$(VENV)/scan/bin/pip install --quiet --require-hashes -r tools/scan/requirements-scan.txt
 	touch $@
 
 test: venv ## run every test: the app against a real Postgres, the images, Compose and Kubernetes manifests
@@ -47,7 +47,7 @@ test: venv ## run every test: the app against a real Postgres, the images, Compo
 
 IMAGE ?= notes-web
 # The image variants, the default first. Each builds from Dockerfile.<variant>, the default from Dockerfile, and
-# has an overlay in k8s/overlays/; bench/project.py reads this line for the tests and tools.
+# has an overlay in k8s/overlays/; tools/project.py reads this line for the tests and tools.
 VARIANTS := slim distroless
 dockerfile = $(if $(filter $(firstword $(VARIANTS)),$1),Dockerfile,Dockerfile.$1)
 REVISION := $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
@@ -62,20 +62,20 @@ build: ## build every variant: notes-web:slim and notes-web:distroless, each als
 	$(foreach variant,$(VARIANTS),docker build $(BUILD_ARGS) -f $(call dockerfile,$(variant)) \
 	  -t $(IMAGE):$(variant) -t $(IMAGE):$(variant)-$(REVISION) . &&) true
 
-# The tools import bench/'s shared modules (project.py, harness.py), and bench.py app.py too.
-TOOLS_PATH := PYTHONPATH=$(CURDIR):$(CURDIR)/bench
+# The tools import tools/project.py and tools/harness.py, and tools/measure/bench.py app.py too.
+TOOLS_PATH := PYTHONPATH=$(CURDIR):$(CURDIR)/tools
 
 scan: build venv ## lint and scan offline: hadolint, checkov, yamllint, SBOMs in build/sbom/, secrets, vulnerabilities
-	$(TOOLS_PATH) $(VENV)/scan/bin/python bench/scan/scan.py --image-repository $(IMAGE)
+	$(TOOLS_PATH) $(VENV)/scan/bin/python tools/scan/scan.py --image-repository $(IMAGE)
 
 bench: venv ## measure the naive image, slim, distroless and a bare-WSGI ceiling side by side; writes docs/benchmarks.md
-	$(TOOLS_PATH) $(VENV)/bin/python bench/bench.py
+	$(TOOLS_PATH) $(VENV)/bin/python tools/measure/bench.py
 
 drills: build venv ## durability, graceful stop, database outage and bad input against notes-web:slim; prints counts
-	$(TOOLS_PATH) $(VENV)/bin/python bench/drills.py $(IMAGE):$(firstword $(VARIANTS))
+	$(TOOLS_PATH) $(VENV)/bin/python tools/break/drills.py $(IMAGE):$(firstword $(VARIANTS))
 
 compare: build venv ## one row per variant: size, layers, user, shell, package manager, setuid files, build times
-	$(TOOLS_PATH) $(VENV)/bin/python bench/compare.py $(IMAGE)
+	$(TOOLS_PATH) $(VENV)/bin/python tools/measure/compare.py $(IMAGE)
 
 # ---------------------------------------------------------------------------------------------------------------
 # The stack on this machine, from compose.yaml: VARIANT=distroless runs the distroless image, WEB_PORT moves the
@@ -158,3 +158,4 @@ $(DB_PASSWORD_FILE):
 
 k8s-validate: venv ## render both Kubernetes overlays and check them offline: schemas, restricted profile, checkov
 	$(PYTEST) tests/test_k8s.py tests/test_k8s_docker.py tests/test_kube.py -m "not docker"
+	$(TOOLS_PATH) $(VENV)/scan/bin/python tools/scan/scan.py --only checkov

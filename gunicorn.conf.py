@@ -10,6 +10,7 @@ import sys
 import time
 from datetime import UTC, datetime
 
+from gevent import monkey
 from gunicorn.glogging import Logger
 
 
@@ -20,8 +21,51 @@ def read_positive_int(variable, default):
     return int(raw)
 
 
+class StdoutLines:
+    """Writes lines to stdout from a thread of the operating system's own, not from a greenlet.
+
+    A write to a pipe whose reader fell behind (Docker's or the kubelet's log collector, busy under load) blocks, and
+    in a gevent worker it would block every connection the worker holds: here the lines wait in memory instead.
+    Hand-written: logging.handlers.QueueListener's thread would become a greenlet once gevent patches threading.
+    """
+
+    def __init__(self):
+        self.queue = monkey.get_original("queue", "SimpleQueue")()
+        self.stopped = monkey.get_original("_thread", "allocate_lock")()
+
+    def start(self):
+        self.stopped.acquire()
+        monkey.get_original("_thread", "start_new_thread")(self.run, ())
+
+    def put(self, line):
+        self.queue.put(line)
+
+    def run(self):
+        try:
+            while (line := self.queue.get()) is not None:
+                batch = [line]
+                while not self.queue.empty() and (line := self.queue.get()) is not None:
+                    batch.append(line)
+                sys.stdout.write("".join(batch))
+                sys.stdout.flush()
+                if line is None:
+                    break
+        finally:
+            self.stopped.release()
+
+    def close(self, timeout=5):
+        """Writes what is queued, then ends the thread: called as the worker exits."""
+        self.queue.put(None)
+        if self.stopped.acquire(timeout=timeout):
+            self.stopped.release()
+
+
+ACCESS_LINES = StdoutLines()
+
+
 class JsonAccessLogger(Logger):
-    """Writes each request's access line as one JSON object, in the same shape as the app's log lines."""
+    """Writes each request's access line as one JSON object, in the same shape as the app's log lines: to stdout
+    through ACCESS_LINES when the access log is `-`, as here, else through the log handler gunicorn set up."""
 
     def access(self, resp, req, environ, request_time):
         if not self.access_log_enabled:
@@ -38,7 +82,10 @@ class JsonAccessLogger(Logger):
             "duration_ms": round(request_time.total_seconds() * 1000, 3),
             "request_id": headers.get("x-request-id"),
         }
-        self.access_log.info(json.dumps(entry))
+        if self.cfg.accesslog == "-":
+            ACCESS_LINES.put(json.dumps(entry) + "\n")
+        else:
+            self.access_log.info(json.dumps(entry))
 
 
 bind = f"0.0.0.0:{read_positive_int('PORT', '8000')}"
@@ -52,7 +99,7 @@ worker_connections = 500
 if worker_class == "gevent":
     # Before the app is imported (preload_app, below, loads it in this process): psycopg picks its gevent-aware
     # wait at import, and psycopg_pool's threads become greenlets.
-    from gevent import monkey
+    import gevent
 
     monkey.patch_all()
 # The wait for a request's headers, on a new connection and between keep-alive requests alike: a client that has
@@ -98,7 +145,22 @@ def pre_request(worker, req):
 def post_request(worker, req, environ, resp):
     # The next request's headers on this connection are bounded by keepalive instead.
     vars(req.unreader).pop("chunk", None)
+    if worker_class == "gevent":
+        # Let every other connection have its turn first. gevent switches only when a read would block, and a
+        # keep-alive client's next request is often in by now: without this, a few busy connections keep the
+        # worker while the rest wait (GET / at 64 connections: p50 1 ms but p99 4.3 s, 13 timeouts; with it p99
+        # 0.2 s).
+        gevent.sleep(0)
 
 
 # gunicorn 25.1+ opens a control socket under $HOME or $XDG_RUNTIME_DIR by default; the service needs none.
 control_socket_disable = True
+
+
+def post_fork(server, worker):
+    # Threads do not survive fork: each worker starts its own writer.
+    ACCESS_LINES.start()
+
+
+def worker_exit(server, worker):
+    ACCESS_LINES.close()

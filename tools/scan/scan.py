@@ -1,15 +1,15 @@
 """Lints and scans what ships, offline: `make scan` prints one table per image variant and exits 1 on any finding.
 
 Usage: make scan, or
-  PYTHONPATH=bench python bench/scan/scan.py [--only CHECK]... [--root DIR] [--image-repository NAME]
+  PYTHONPATH=tools python tools/scan/scan.py [--only CHECK]... [--root DIR] [--image-repository NAME]
     [--output DIR] [VARIANT]...
 
 For each variant (slim, distroless):
   hadolint         its Dockerfile, with .hadolint.yaml
-  checkov          its Dockerfile (bench/scan/checkov-dockerfile.yaml), its rendered overlay (tests/checkov-k8s.yaml)
+  checkov          its Dockerfile (checkov-dockerfile.yaml here), its rendered overlay (checkov-k8s.yaml here)
   yamllint         compose.yaml, k8s/base and its overlay, with .yamllint.yaml
   sbom             build/sbom/<variant>.cdx.json: the image's Python packages (cyclonedx-py) and Debian packages (dpkg)
-  secrets          every layer of `docker save` and the image's history: kingfisher, bench/scan/secret-rules.yaml
+  secrets          every layer of `docker save` and the image's history: kingfisher, tools/scan/secret-rules.yaml
   vulnerabilities  trivy or grype, when one is on PATH with a database; otherwise SKIPPED, said out loud
 Files are read under --root (default: this repository), so a test can scan a broken copy. The tools come from the
 virtual environment running this script (.venv/scan), checkov from .venv/checkov beside it.
@@ -37,9 +37,9 @@ from project import IMAGE, VARIANTS, dockerfile
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILES = {variant: dockerfile(variant) for variant in VARIANTS}
 CHECKS = ("hadolint", "checkov", "yamllint", "sbom", "secrets", "vulnerabilities")
-CHECKOV_DOCKERFILE_CONFIG = "bench/scan/checkov-dockerfile.yaml"
-CHECKOV_K8S_CONFIG = "tests/checkov-k8s.yaml"
-SECRET_RULES = "bench/scan/secret-rules.yaml"
+CHECKOV_DOCKERFILE_CONFIG = "tools/scan/checkov-dockerfile.yaml"
+CHECKOV_K8S_CONFIG = "tools/scan/checkov-k8s.yaml"
+SECRET_RULES = "tools/scan/secret-rules.yaml"
 # Files that hold credentials whatever their content; kingfisher judges content only.
 SECRET_FILES = (".env", ".git-credentials", ".netrc", ".npmrc", ".pypirc", ".aws/credentials", ".docker/config.json")
 # The gate CI applies too: a HIGH or CRITICAL vulnerability that has a fix.
@@ -103,6 +103,9 @@ def checkov(root, check, target, config, label):
     reports = json.loads(result.stdout)
     reports = reports if isinstance(reports, list) else [reports]
     failed = [found for report in reports for found in report.get("results", {}).get("failed_checks", [])]
+    if not failed and not any(report.get("results", {}).get("passed_checks") for report in reports):
+        # A file checkov could not parse yields no finding at all, which would read as a pass.
+        return Result(check, "FAIL", None, label, f"checkov checked nothing in {target}")
     report = [f"{found['check_id']} {found['check_name']}: {found['resource']} "
               f"({label}, lines {'-'.join(map(str, found['file_line_range']))})" for found in failed]
     skipped = yaml.safe_load((root / config).read_text()).get("skip-check", [])

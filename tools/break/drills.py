@@ -1,7 +1,7 @@
 """Drills: what the service does when something goes wrong, each printing what it counted. `make drills` runs
 them all; tests/test_drills.py runs the same functions and asserts the counts.
 
-Usage: make drills   (PYTHONPATH=bench python bench/drills.py [IMAGE], default the Makefile's IMAGE:slim)
+Usage: make drills   (PYTHONPATH=tools python tools/break/drills.py [IMAGE], default the Makefile's IMAGE:slim)
 
 Every drill starts its own containers (see harness.py) and removes them; the Compose drill runs compose.yaml
 under a project name, port and password file of its own, so it never touches a developer's stack or secrets/.
@@ -43,7 +43,7 @@ from hypothesis import strategies as st
 from project import DEFAULT_VARIANT, IMAGE
 from schemathesis.core.failures import FailureGroup
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def setting(file, name):

@@ -1,4 +1,5 @@
-"""What bench.py, drills.py and tests/test_drills.py share: a stack of containers and a load that records outcomes.
+"""What the tools and the tests share: containers (Postgres, the web image, a Compose project), waits, builds,
+and a load that records outcomes.
 
 A stack is what compose.yaml runs, made with testcontainers so that each run owns its containers: Postgres on a
 network of its own under the alias `db`, the schema migrated by the web image itself, and web started with

@@ -2,7 +2,7 @@
 bare-WSGI ceiling and a database ceiling, measured side by side on this machine in one run; prints the tables and
 writes docs/benchmarks.md.
 
-Usage: make bench   (PYTHONPATH=.:bench python bench/bench.py: it imports app.py and bench/project.py)
+Usage: make bench   (PYTHONPATH=.:tools python tools/measure/bench.py: it imports app.py and tools/project.py)
 Each shipped variant is built twice from a copy of its build context: cold (--no-cache), then after a one-line change
 to app.py; the second build is the image measured, and both are removed at the end. The worker-model variants are
 the slim image with one line of gunicorn.conf.py changed. Load comes from wrk (Debian's package), on 127.0.0.1 only:
@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -46,7 +46,8 @@ from testcontainers.core.network import Network
 
 import app
 
-ROOT = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
 DEADLINE = time.monotonic() + 1500
 CONNECTIONS = 64
 LOAD_SECONDS = 10
@@ -68,13 +69,15 @@ class Variant:
     # For a worker-model variant: what replaces gunicorn.conf.py's worker_class line in its copy. Its builds are
     # not timed (they are the slim image's).
     worker_model: str | None = None
+    # For a setting's variant: the slim image itself, run with these variables set.
+    environment: dict = field(default_factory=dict)
 
 
 SERVICE_FILES = (".dockerignore", "app.py", "gunicorn.conf.py", "requirements.txt")
 SHIPPED_WORKER_MODEL = 'worker_class = "gevent"'
 THREADS = 4  # gthread's threads per worker: as many as the pool's connections (app.py's default), so none waits
 VARIANTS = (
-    Variant("naive", "the module's image: Flask dev server, root", ROOT / "bench" / "naive",
+    Variant("naive", "the module's image: Flask dev server, root", HERE / "naive",
             ("Dockerfile", "app.py", "requirements.txt"), "Dockerfile", "PYTHON_IMAGE", "/", False),
     Variant("sync", "slim on gunicorn's sync worker", ROOT, ("Dockerfile", *SERVICE_FILES), "Dockerfile",
             "PYTHON_IMAGE", "/readyz", True, 'worker_class = "sync"'),
@@ -83,9 +86,13 @@ VARIANTS = (
             f'worker_class = "gthread"\nthreads = {THREADS}'),
     Variant("slim", "Dockerfile: gunicorn gevent, non-root", ROOT, ("Dockerfile", *SERVICE_FILES), "Dockerfile",
             "PYTHON_IMAGE", "/readyz", True),
+    Variant("slim, 1 worker", "slim with WEB_CONCURRENCY=1", ROOT, ("Dockerfile", *SERVICE_FILES), "Dockerfile",
+            "PYTHON_IMAGE", "/readyz", True, environment={"WEB_CONCURRENCY": "1"}),
+    Variant("slim, pool 8", "slim with DATABASE_POOL_MAX_SIZE=8", ROOT, ("Dockerfile", *SERVICE_FILES),
+            "Dockerfile", "PYTHON_IMAGE", "/readyz", True, environment={"DATABASE_POOL_MAX_SIZE": "8"}),
     Variant("distroless", "Dockerfile.distroless: no shell", ROOT, ("Dockerfile.distroless", *SERVICE_FILES),
             "Dockerfile.distroless", "DISTROLESS_IMAGE", "/readyz", True),
-    Variant("ceiling", "bare WSGI callable on gunicorn", ROOT / "bench" / "ceiling",
+    Variant("ceiling", "bare WSGI callable on gunicorn", HERE / "ceiling",
             ("Dockerfile", "app.py", "requirements.txt"), "Dockerfile", "PYTHON_IMAGE", "/", False),
 )
 
@@ -108,8 +115,11 @@ def run(*command, timeout=None, **options):
 def build(variant, scratch):
     """Cold build, then a rebuild after a one-line app.py change; returns both times and the image measured.
 
-    A worker-model variant is built once, from the cache, with its gunicorn.conf.py line changed: no times."""
-    tag = f"notes-bench:{variant.name.split()[0]}"
+    A worker-model variant is built once, from the cache, with its gunicorn.conf.py line changed, and a setting's
+    variant runs the slim image as it is: no times for either."""
+    tag = f"notes-bench:{variant.name.split()[0].strip(',')}"
+    if variant.environment:
+        return None, None, tag
     context = scratch / tag.split(":")[1]
     context.mkdir()
     for name in variant.files:
@@ -142,6 +152,8 @@ def start_timed(variant, image, network):
     if variant.database:
         for name, value in DATABASE_ENV.items():
             container.with_env(name, value)
+    for name, value in variant.environment.items():
+        container.with_env(name, value)
     container.ports["8000/tcp"] = ("127.0.0.1", free_port())
     start = time.monotonic()
     container.start()
@@ -161,7 +173,8 @@ def prepare(variant, network, scratch, cleanup):
     """Builds the variant and starts it STARTS times; the last container stays up, idle, for the load rounds."""
     print(f"bench: {variant.name}: building, then starting {STARTS} times", file=sys.stderr)
     cold, rebuild, image = build(variant, scratch)
-    cleanup.callback(run, "docker", "image", "rm", image, timeout=60)
+    if not variant.environment:  # else the image is slim's, removed with it
+        cleanup.callback(run, "docker", "image", "rm", image, timeout=60)
     if variant.database:
         migrate(image, network)  # a no-op once the schema is there
     starts = []
@@ -187,7 +200,7 @@ def load(address, mix):
     """wrk at CONNECTIONS connections for LOAD_SECONDS: GET address, or with `mix` the POST-then-GET notes mix."""
     wait_for_time_wait(timeout=min(70, remaining()))
     output = run("wrk", "--threads", "2", "--connections", str(CONNECTIONS), "--duration", f"{LOAD_SECONDS}s",
-                 "--timeout", "5s", "--script", str(ROOT / "bench" / "wrk.lua"), address,
+                 "--timeout", "5s", "--script", str(HERE / "wrk.lua"), address,
                  env={**os.environ, "NOTES_MIX": "1" if mix else ""})
     figures = json.loads(output.strip().splitlines()[-1])
     figures["rps"] = figures["requests"] / figures["seconds"]
@@ -219,7 +232,7 @@ def load_rounds(results, db):
 
     Interleaved, so that a burst of other work on the machine costs one round of one variant, not its figure.
     """
-    clients = max(r["workers"] or 0 for r in results) * app.load_config({}).pool_max_size
+    clients = by_name(results, "slim")["workers"] * app.load_config({}).pool_max_size
     database = {"rps": -1}
     for round_number in range(ROUNDS):
         print(f"bench: database ceiling (pgbench): round {round_number + 1} of {ROUNDS}", file=sys.stderr)
@@ -309,7 +322,8 @@ def report(results, database, started, load_before):
     bases = ", ".join(f"{name}={value}" for name, value in {**BASES, "POSTGRES_IMAGE": POSTGRES_IMAGE}.items())
     return f"""# Benchmarks
 
-Written by `make bench` ([bench/bench.py](../bench/bench.py)) in one run; run it again rather than editing this file.
+Written by `make bench` ([tools/measure/bench.py](../tools/measure/bench.py)) in one run; run it again rather than
+editing this file.
 Figures from one machine: compare rows with each other, not with another machine's.
 
 - Date: {started:%Y-%m-%d %H:%M} UTC
@@ -336,13 +350,15 @@ Figures from one machine: compare rows with each other, not with another machine
 
 ## How each figure is taken
 
-- **naive** is the module's hello-flask ([bench/naive](../bench/naive)): `python app.py`, Flask's development
-  server, as root. **ceiling** ([bench/ceiling](../bench/ceiling)) is gunicorn with the service's two gevent
-  workers serving a WSGI callable that only returns its greeting: no service on this machine with those workers
-  answers GET / faster. Neither has a database, so neither has a notes mix.
+- **naive** is the module's hello-flask ([tools/measure/naive](../tools/measure/naive)): `python app.py`, Flask's
+  development server, as root. **ceiling** ([tools/measure/ceiling](../tools/measure/ceiling)) is gunicorn with the
+  service's two gevent workers serving a WSGI callable that only returns its greeting: no service on this machine
+  with those workers answers GET / faster. Neither has a database, so neither has a notes mix.
 - **sync** and **gthread ×{THREADS}** are the slim image with gunicorn.conf.py's `{SHIPPED_WORKER_MODEL}` line
   replaced (and then not monkey-patched for gevent): the worker models the service did not choose, on the same
-  code, workers and pool. Their builds are the slim image's, so they are not timed.
+  code, workers and pool. Their builds are the slim image's, so they are not timed. **slim, 1 worker** and
+  **slim, pool 8** are the slim image run with one setting changed: the worker count and the pool size, measured
+  beside the defaults they would replace.
 - **database (pgbench)** is the ceiling for the notes mix: pgbench, in the database container, running the mix's own
   statements (app.py's `INSERT_NOTE`, then `SELECT_NOTE` of the row it returned, as prepared statements) through
   {database['clients']} connections, as many as the service's pools hold in total (workers × DATABASE_POOL_MAX_SIZE),
@@ -355,10 +371,10 @@ Figures from one machine: compare rows with each other, not with another machine
   /readyz, which answers only once the database does; naive and ceiling have no /readyz, so their first 200 from
   / counts. slim and distroless reach a PostgreSQL ({POSTGRES_IMAGE}) on the same Docker network.
 - **Idle memory** is the web container's memory in use right after it is ready, counted as `docker stats` does.
-- **Under load**: wrk with [bench/wrk.lua](../bench/wrk.lua), 2 threads, on 127.0.0.1 against the published
-  port, on the same cores as the containers. GET / is the greeting; the **notes mix** alternates POST /api/notes
-  and a GET of the note just created. p50 and p99 are wrk's latency percentiles; errors are socket errors,
-  timeouts (5 s) and any status other than 2xx or 3xx. The {ROUNDS} rounds take the variants in turn, and each
+- **Under load**: wrk with [tools/measure/wrk.lua](../tools/measure/wrk.lua), 2 threads, on 127.0.0.1 against the
+  published port, on the same cores as the containers. GET / is the greeting; the **notes mix** alternates
+  POST /api/notes and a GET of the note just created. p50 and p99 are wrk's latency percentiles; errors are socket
+  errors, timeouts (5 s) and any status other than 2xx or 3xx. The {ROUNDS} rounds take the variants in turn, and each
   variant keeps its round with the higher rate: other work on the machine then costs one round, not a figure.
   Each phase starts only once fewer than 1,000 sockets are in TIME_WAIT: the sync worker and the development server
   close a connection per request, and a phase started among those sockets measures a fraction of its rate.

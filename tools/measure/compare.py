@@ -1,7 +1,7 @@
 """Compares the two image variants side by side: `make compare` prints one row per variant and writes
 build/compare.md.
 
-Usage: make compare   (PYTHONPATH=bench python bench/compare.py IMAGE_REPOSITORY)
+Usage: make compare   (PYTHONPATH=tools python tools/measure/compare.py IMAGE_REPOSITORY)
 Sizes and file checks are read from the images `make build` made; build times come from building them again here,
 once cold (--no-cache) and once after a one-line change to app.py in a copy of the build context.
 """
@@ -18,7 +18,7 @@ from harness import cold_and_rebuild, exported_files, markdown_table
 from project import IMAGE, VARIANTS, base_image, base_variable
 from project import dockerfile as variant_dockerfile
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SHELLS = {"bin/sh", "usr/bin/sh", "bin/bash", "usr/bin/bash"}
 PACKAGE_MANAGERS = {"usr/bin/apt", "usr/bin/apt-get", "usr/bin/dpkg", "usr/local/bin/pip", "venv/bin/pip"}
 
@@ -70,7 +70,7 @@ def row(client, variant, repository):
 
 def main():
     if len(sys.argv) != 2:
-        sys.exit("usage: python bench/compare.py IMAGE_REPOSITORY")
+        sys.exit("usage: python tools/measure/compare.py IMAGE_REPOSITORY")
     with docker_client() as client:
         rows = [row(client, variant, sys.argv[1]) for variant in VARIANTS]
     output = markdown_table(list(rows[0]), [list(row.values()) for row in rows])

@@ -1,4 +1,4 @@
--- wrk script for bench/bench.py: prints one JSON line of figures when a run ends.
+-- wrk script for tools/measure/bench.py: prints one JSON line of figures when a run ends.
 -- With NOTES_MIX=1, each connection alternates POST /api/notes and a GET of the note that POST created (from its
 -- Location header): half writes, half reads of fresh rows. Without it, wrk sends its own static GET of the URL.
 
