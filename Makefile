@@ -83,6 +83,13 @@ compare: build venv ## one row per variant: size, layers, user, shell, package m
 COMPOSE ?= docker compose
 WEB_PORT ?= 8000
 DEBUG_IMAGE ?= $(PYTHON_IMAGE)
+# Checked before anything runs: a wrong value would otherwise surface as a BuildKit path or a port "in use".
+ifneq ($(filter-out $(VARIANTS),$(or $(VARIANT),$(firstword $(VARIANTS)))),)
+$(error VARIANT=$(VARIANT) is not a variant: use one of $(VARIANTS), e.g. make up VARIANT=distroless)
+endif
+ifeq ($(shell [ "$(WEB_PORT)" -ge 1 ] 2>/dev/null && [ "$(WEB_PORT)" -le 65535 ] && echo ok),)
+$(error WEB_PORT=$(WEB_PORT) is not a port number: use one from 1 to 65535, e.g. make up WEB_PORT=8081)
+endif
 # compose.yaml reads an unset VARIANT as slim; "slim" itself would name a Dockerfile.slim, which does not exist.
 ifeq ($(VARIANT),slim)
 override VARIANT :=
@@ -93,7 +100,7 @@ export IMAGE WEB_PORT REVISION VERSION SOURCE
 # compose.yaml's secret db_password; `make up` creates it when missing.
 DB_PASSWORD_FILE := secrets/db_password.txt
 
-.PHONY: up down logs ps watch clean psql debug check-engine check-port
+.PHONY: up down logs ps watch migrate clean psql debug check-engine check-port
 up: check-engine check-port $(DB_PASSWORD_FILE) ## build, start, wait until healthy (VARIANT=distroless, WEB_PORT=8081)
 	$(COMPOSE) up --build --wait --wait-timeout 180
 	@echo "web: http://127.0.0.1:$(WEB_PORT)/"
@@ -111,12 +118,18 @@ ps: check-engine ## list the stack's containers with their health, and migrate's
 watch: check-engine check-port $(DB_PASSWORD_FILE) ## run the stack in the foreground, rebuilding web on code changes
 	$(COMPOSE) up --build --watch
 
+# Any newer migration in the image web runs: after `make watch` rebuilt it, as `make up` runs migrate first.
+migrate: check-engine $(DB_PASSWORD_FILE) ## apply the image's schema migrations to the running stack's database
+	$(COMPOSE) run --rm migrate
+
 clean: check-engine ## delete the containers, volume db_data (every note) and the notes-web images; asks unless FORCE=1
-	@[ "$(FORCE)" = 1 ] || { printf 'Delete every note (volume db_data) and the $(IMAGE) images? [y/N] '; \
-	  read -r answer; [ "$$answer" = y ]; } || { echo "nothing deleted"; exit 1; }
-	$(COMPOSE) down --volumes --remove-orphans
-	@tags=$$(docker image ls --format '{{.Repository}}:{{.Tag}}' $(IMAGE) | grep -v '<none>'); \
-	  [ -z "$$tags" ] || docker image rm $$tags
+	@if [ "$(FORCE)" != 1 ]; then \
+	  printf 'Delete every note (volume db_data) and the $(IMAGE) images? [y/N] '; read -r answer; \
+	  case "$$answer" in y|Y|yes|Yes|YES) ;; *) echo "nothing deleted"; exit 0 ;; esac; \
+	fi; \
+	$(COMPOSE) down --volumes --remove-orphans \
+	&& tags=$$(docker image ls --format '{{.Repository}}:{{.Tag}}' $(IMAGE) | grep -v '<none>'); \
+	[ -z "$$tags" ] || docker image rm $$tags
 
 psql: check-engine ## open psql in db; no port is published, so it goes through `docker compose exec`
 	$(COMPOSE) exec db psql --username=notes --dbname=notes
@@ -136,8 +149,10 @@ debug: check-engine ## open a shell beside the running web container, which has 
 	  --security-opt no-new-privileges --pid container:$$id --network container:$$id $(DEBUG_IMAGE) sh
 
 check-engine:
-	@docker info >/dev/null 2>&1 \
-	  || { echo "error: no Docker engine answers: start Docker, then check with docker info" >&2; exit 1; }
+	@out=$$(docker info 2>&1 >/dev/null) || case "$$out" in \
+	  *"permission denied"*) echo "error: permission denied on the Docker socket: add yourself to the docker group" \
+	    "(sudo usermod -aG docker $$(id -un), then log in again), knowing that its members can become root" >&2; exit 1 ;; \
+	  *) echo "error: no Docker engine answers: start Docker, then check with docker info" >&2; exit 1 ;; esac
 	@$(COMPOSE) version >/dev/null 2>&1 \
 	  || { echo "error: Compose v2 is missing ('$(COMPOSE) version' fails): install the Compose plugin" >&2; exit 1; }
 

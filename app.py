@@ -317,9 +317,14 @@ def assign_request_id():
 
 
 @routes.after_app_request
-def send_request_id(response):
+def send_headers(response):
     # gunicorn's access log reads it from here, which ties the request's log line to the app's.
     response.headers["X-Request-ID"] = g.request_id
+    # A browser must not guess another type than the one declared (a note's text rendered as HTML, say).
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    if request.path.startswith("/api/"):
+        # Notes change and may be private: no cache along the way keeps a copy.
+        response.headers["Cache-Control"] = "no-store"
     return response
 
 

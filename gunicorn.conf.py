@@ -61,6 +61,7 @@ class StdoutLines:
 
 
 ACCESS_LINES = StdoutLines()
+PROBES = ("/healthz", "/readyz")  # logged only when they fail, or at LOG_LEVEL debug
 
 
 class JsonAccessLogger(Logger):
@@ -68,7 +69,10 @@ class JsonAccessLogger(Logger):
     through ACCESS_LINES when the access log is `-`, as here, else through the log handler gunicorn set up."""
 
     def access(self, resp, req, environ, request_time):
-        if not self.access_log_enabled:
+        status = int(str(resp.status).split()[0])
+        # A passing health probe, every few seconds from Compose or the kubelet, would drown the requests.
+        probe = environ["PATH_INFO"] in PROBES and status < 400 and self.cfg.loglevel.lower() != "debug"
+        if not self.access_log_enabled or probe:
             return
         headers = {name.lower(): value for name, value in resp.headers}
         entry = {
@@ -78,7 +82,7 @@ class JsonAccessLogger(Logger):
             "message": "request",
             "method": environ["REQUEST_METHOD"],
             "path": environ["PATH_INFO"],
-            "status": int(str(resp.status).split()[0]),
+            "status": status,
             "duration_ms": round(request_time.total_seconds() * 1000, 3),
             "request_id": headers.get("x-request-id"),
         }
@@ -89,11 +93,13 @@ class JsonAccessLogger(Logger):
 
 
 bind = f"0.0.0.0:{read_positive_int('PORT', '8000')}"
-# Containers report the host's CPU count, not their limit: the worker count is set, never derived.
-workers = read_positive_int("WEB_CONCURRENCY", "2")
+# One gevent worker per CPU, and compose.yaml and k8s/ give web one: measured side by side (docs/benchmarks.md),
+# a second worker on the same cores served no more, with a tail several times longer. Containers report the
+# host's CPU count, not their limit: the count is set, never derived.
+workers = read_positive_int("WEB_CONCURRENCY", "1")
 # gevent, chosen by measurement (docs/benchmarks.md): a worker holds up to worker_connections slow, idle or
-# keep-alive clients as cheap greenlets, where a sync worker is stopped by one and gthread by one per thread, and it
-# serves more requests per second than either on the same cores.
+# keep-alive clients as cheap greenlets, where a sync worker is stopped by one slow client and gthread by one per
+# thread (16 for 2 workers of 4), and it serves GET / faster than either.
 worker_class = "gevent"
 worker_connections = 500
 if worker_class == "gevent":
@@ -117,6 +123,8 @@ worker_tmp_dir = "/dev/shm"
 # Shorter than the 30 s Compose and Kubernetes give before SIGKILL, so in-flight requests finish first.
 graceful_timeout = 20
 accesslog = "-"
+# gunicorn's own lines follow the app's LOG_LEVEL (app.py checks its value).
+loglevel = os.environ.get("LOG_LEVEL", "INFO").lower()
 logger_class = JsonAccessLogger
 
 

@@ -96,6 +96,13 @@ def test_readyz_answers_ready_when_the_database_answers(client):
     assert response.get_json() == {"status": "ready"}
 
 
+def test_responses_forbid_type_sniffing_and_the_api_forbids_caching(client):
+    greeting, notes = client.get("/"), client.get("/api/notes")
+    assert greeting.headers["X-Content-Type-Options"] == notes.headers["X-Content-Type-Options"] == "nosniff"
+    assert notes.headers["Cache-Control"] == "no-store" and "Cache-Control" not in greeting.headers
+    assert client.get("/api/notes/999999999").headers["Cache-Control"] == "no-store"  # errors too
+
+
 def test_every_response_carries_its_own_request_id(client):
     ids = {client.get(path).headers["X-Request-ID"] for path in ("/", "/healthz", "/nowhere", "/nowhere")}
     assert len(ids) == 4

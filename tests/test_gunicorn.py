@@ -97,6 +97,14 @@ def test_gunicorn_writes_one_json_access_line_per_request(gunicorn):
     assert RFC3339_UTC.match(entry["time"])
 
 
+def test_gunicorn_logs_a_passing_health_probe_only_when_it_fails(gunicorn):
+    probes = [http("GET", gunicorn["url"] + path)[1]["X-Request-ID"] for path in ("/healthz", "/readyz")]
+    _, headers, _ = http("GET", gunicorn["url"] + "/")
+    # One writer thread, in order: once the later request's line is out, the probes' would be too.
+    wait_until(lambda: access_log_entry(gunicorn, headers["X-Request-ID"]), timeout=10)
+    assert [access_log_entry(gunicorn, request_id) for request_id in probes] == [None, None]
+
+
 @pytest.mark.parametrize(
     "variables, variable",
     [({"WEB_CONCURRENCY": "0"}, "WEB_CONCURRENCY"), ({"PORT": "http"}, "PORT"), ({"LOG_LEVEL": "loud"}, "LOG_LEVEL")],

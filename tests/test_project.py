@@ -123,3 +123,15 @@ def test_the_readmes_template_rename_keeps_the_fast_checks_green(tmp_path):
         assert re.search(r"\d+ passed", result.stdout), result.stdout[-2000:]
     build = subprocess.run(["make", "-n", "build"], cwd=copy, capture_output=True, text=True, check=True).stdout
     assert f"-t {RENAMED}:slim" in build and IMAGE not in build
+
+
+def test_the_bench_ceiling_runs_gunicorn_with_the_services_worker_settings():
+    command = re.search(r"^CMD (\[.*?\])$", (REPOSITORY / "tools" / "measure" / "ceiling" / "Dockerfile").read_text(),
+                        re.M | re.S)[1]
+    options = dict(re.findall(r'"--([a-z-]+)", "([^"]+)"', command))
+    config = (REPOSITORY / "gunicorn.conf.py").read_text()
+    assert options["workers"] == re.search(r'read_positive_int\("WEB_CONCURRENCY", "(\d+)"\)', config)[1]
+    for option, setting in (("worker-class", "worker_class"), ("worker-connections", "worker_connections"),
+                            ("keep-alive", "keepalive")):
+        assert options[option] == re.search(rf'^{setting} = "?(\w+)"?$', config, re.M)[1], option
+

@@ -214,8 +214,8 @@ def recovered_since(outcomes, at_least):
 def database_outage(image):
     """db is stopped for OUTAGE_SECONDS under load (writes and reads), then started; web is never restarted.
 
-    Two clients, one per gunicorn worker, so that a response's time is the service's and not time spent queueing
-    behind the other clients' requests.
+    Two clients, well below the pool's connections, so that a response's time is the service's and not time spent
+    queueing behind the other clients' requests.
     """
     with stack(image) as notes:
         with Load(notes.url, threads=2, reads=True) as load:

@@ -76,18 +76,21 @@ class Variant:
 SERVICE_FILES = (".dockerignore", "app.py", "gunicorn.conf.py", "requirements.txt")
 SHIPPED_WORKER_MODEL = 'worker_class = "gevent"'
 THREADS = 4  # gthread's threads per worker: as many as the pool's connections (app.py's default), so none waits
+# sync and gthread with two workers, as the service ran before gevent: one worker per core would leave a core idle
+# whenever its worker waits on the database.
+BLOCKING_WORKERS = {"WEB_CONCURRENCY": "2"}
 VARIANTS = (
     Variant("naive", "the module's image: Flask dev server, root", HERE / "naive",
             ("Dockerfile", "app.py", "requirements.txt"), "Dockerfile", "PYTHON_IMAGE", "/", False),
     Variant("sync", "slim on gunicorn's sync worker", ROOT, ("Dockerfile", *SERVICE_FILES), "Dockerfile",
-            "PYTHON_IMAGE", "/readyz", True, 'worker_class = "sync"'),
+            "PYTHON_IMAGE", "/readyz", True, 'worker_class = "sync"', BLOCKING_WORKERS),
     Variant(f"gthread ×{THREADS}", f"slim on gthread, {THREADS} threads a worker", ROOT,
             ("Dockerfile", *SERVICE_FILES), "Dockerfile", "PYTHON_IMAGE", "/readyz", True,
-            f'worker_class = "gthread"\nthreads = {THREADS}'),
+            f'worker_class = "gthread"\nthreads = {THREADS}', BLOCKING_WORKERS),
     Variant("slim", "Dockerfile: gunicorn gevent, non-root", ROOT, ("Dockerfile", *SERVICE_FILES), "Dockerfile",
             "PYTHON_IMAGE", "/readyz", True),
-    Variant("slim, 1 worker", "slim with WEB_CONCURRENCY=1", ROOT, ("Dockerfile", *SERVICE_FILES), "Dockerfile",
-            "PYTHON_IMAGE", "/readyz", True, environment={"WEB_CONCURRENCY": "1"}),
+    Variant("slim, 2 workers", "slim with WEB_CONCURRENCY=2", ROOT, ("Dockerfile", *SERVICE_FILES), "Dockerfile",
+            "PYTHON_IMAGE", "/readyz", True, environment={"WEB_CONCURRENCY": "2"}),
     Variant("slim, pool 8", "slim with DATABASE_POOL_MAX_SIZE=8", ROOT, ("Dockerfile", *SERVICE_FILES),
             "Dockerfile", "PYTHON_IMAGE", "/readyz", True, environment={"DATABASE_POOL_MAX_SIZE": "8"}),
     Variant("distroless", "Dockerfile.distroless: no shell", ROOT, ("Dockerfile.distroless", *SERVICE_FILES),
@@ -118,7 +121,7 @@ def build(variant, scratch):
     A worker-model variant is built once, from the cache, with its gunicorn.conf.py line changed, and a setting's
     variant runs the slim image as it is: no times for either."""
     tag = f"notes-bench:{variant.name.split()[0].strip(',')}"
-    if variant.environment:
+    if variant.environment and not variant.worker_model:
         return None, None, tag
     context = scratch / tag.split(":")[1]
     context.mkdir()
@@ -173,7 +176,7 @@ def prepare(variant, network, scratch, cleanup):
     """Builds the variant and starts it STARTS times; the last container stays up, idle, for the load rounds."""
     print(f"bench: {variant.name}: building, then starting {STARTS} times", file=sys.stderr)
     cold, rebuild, image = build(variant, scratch)
-    if not variant.environment:  # else the image is slim's, removed with it
+    if variant.worker_model or not variant.environment:  # else the image is slim's, removed with it
         cleanup.callback(run, "docker", "image", "rm", image, timeout=60)
     if variant.database:
         migrate(image, network)  # a no-op once the schema is there
@@ -352,11 +355,11 @@ Figures from one machine: compare rows with each other, not with another machine
 
 - **naive** is the module's hello-flask ([tools/measure/naive](../tools/measure/naive)): `python app.py`, Flask's
   development server, as root. **ceiling** ([tools/measure/ceiling](../tools/measure/ceiling)) is gunicorn with the
-  service's two gevent workers serving a WSGI callable that only returns its greeting: no service on this machine
+  service's gevent worker serving a WSGI callable that only returns its greeting: no service on this machine
   with those workers answers GET / faster. Neither has a database, so neither has a notes mix.
 - **sync** and **gthread ×{THREADS}** are the slim image with gunicorn.conf.py's `{SHIPPED_WORKER_MODEL}` line
-  replaced (and then not monkey-patched for gevent): the worker models the service did not choose, on the same
-  code, workers and pool. Their builds are the slim image's, so they are not timed. **slim, 1 worker** and
+  replaced (and then not monkey-patched for gevent), with two workers: the worker models the service did not
+  choose, on the same code and pool. Their builds are the slim image's, so they are not timed. **slim, 2 workers** and
   **slim, pool 8** are the slim image run with one setting changed: the worker count and the pool size, measured
   beside the defaults they would replace.
 - **database (pgbench)** is the ceiling for the notes mix: pgbench, in the database container, running the mix's own
