@@ -8,8 +8,12 @@ import pytest
 from conftest import REPOSITORY
 from project import VARIANTS
 
+# What a `make test` run hands down to its children; a learner's shell has none of it.
+INHERITED = {"MAKELEVEL", "MAKEFLAGS", "MFLAGS", "IMAGE", "VARIANT", "WEB_PORT"}
+
 
 def make(*arguments, answer=None, env=None):
+    env = {name: value for name, value in (env or os.environ).items() if name not in INHERITED}
     return subprocess.run(["make", "--no-print-directory", *arguments], cwd=REPOSITORY, input=answer,
                           capture_output=True, text=True, timeout=60, env=env)
 
