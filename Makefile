@@ -65,16 +65,17 @@ build: ## build every variant: notes-web:slim and notes-web:distroless, each als
 # The tools import tools/project.py and tools/harness.py, and tools/measure/bench.py app.py too.
 TOOLS_PATH := PYTHONPATH=$(CURDIR):$(CURDIR)/tools
 
-scan: build venv ## lint and scan offline: hadolint, checkov, yamllint, SBOMs in build/sbom/, secrets, vulnerabilities
+# Each tool target installs only the environments it uses; `make venv` installs them all.
+scan: build $(VENV)/scan/.installed $(VENV)/checkov/bin/checkov ## lint and scan offline: hadolint, checkov, yamllint, SBOMs in build/sbom/, secrets, vulnerabilities
 	$(TOOLS_PATH) $(VENV)/scan/bin/python tools/scan/scan.py --image-repository $(IMAGE)
 
-bench: venv ## measure the naive image, slim, distroless and a bare-WSGI ceiling side by side; writes docs/benchmarks.md
+bench: $(VENV)/.installed ## measure worker models, images and both ceilings side by side; writes docs/benchmarks.md
 	$(TOOLS_PATH) $(VENV)/bin/python tools/measure/bench.py
 
-drills: build venv ## durability, graceful stop, database outage and bad input against notes-web:slim; prints counts
+drills: build $(VENV)/.fuzz-installed ## durability, graceful stop, database outage and bad input against notes-web:slim; prints counts
 	$(TOOLS_PATH) $(VENV)/bin/python tools/break/drills.py $(IMAGE):$(firstword $(VARIANTS))
 
-compare: build venv ## one row per variant: size, layers, user, shell, package manager, setuid files, build times
+compare: build $(VENV)/.installed ## one row per variant: size, layers, user, shell, package manager, setuid files, build times
 	$(TOOLS_PATH) $(VENV)/bin/python tools/measure/compare.py $(IMAGE)
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -171,6 +172,6 @@ $(DB_PASSWORD_FILE):
 	@umask 022 && python3 -c 'import secrets; print(secrets.token_urlsafe(32))' > $@
 	@echo "created $@: a random password, ignored by git"
 
-k8s-validate: venv ## render both Kubernetes overlays and check them offline: schemas, restricted profile, checkov
+k8s-validate: $(VENV)/.installed $(VENV)/scan/.installed $(VENV)/checkov/bin/checkov ## render both Kubernetes overlays and check them offline: schemas, restricted profile, checkov
 	$(PYTEST) tests/test_k8s.py tests/test_k8s_docker.py tests/test_kube.py -m "not docker"
 	$(TOOLS_PATH) $(VENV)/scan/bin/python tools/scan/scan.py --only checkov

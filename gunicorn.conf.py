@@ -8,9 +8,11 @@ import json
 import os
 import sys
 import time
+import uuid
 from datetime import UTC, datetime
 
 from gevent import monkey
+from gunicorn import util
 from gunicorn.glogging import Logger
 
 
@@ -90,6 +92,21 @@ class JsonAccessLogger(Logger):
             ACCESS_LINES.put(json.dumps(entry) + "\n")
         else:
             self.access_log.info(json.dumps(entry))
+
+
+def write_json_error(sock, status, reason, message):
+    """gunicorn's own answers, sent before the app sees a request (a request line or headers past its limits, a
+    malformed request), in the app's error shape instead of an HTML page. gunicorn has no setting for their body,
+    so this replaces the function its workers call."""
+    request_id = uuid.uuid4().hex
+    body = json.dumps({"error": {"code": reason.lower().replace(" ", "_"), "message": message or reason,
+                                 "request_id": request_id}}).encode()
+    head = (f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nX-Content-Type-Options: nosniff\r\nX-Request-ID: {request_id}\r\n\r\n")
+    util.write_nonblock(sock, head.encode("latin-1") + body)
+
+
+util.write_error = write_json_error
 
 
 bind = f"0.0.0.0:{read_positive_int('PORT', '8000')}"

@@ -159,3 +159,32 @@ def test_gunicorn_answers_408_json_and_disconnects_a_body_slower_than_its_deadli
     head, _, body = response.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 408 "), response
     assert json.loads(body)["error"]["code"] == "request_timeout"
+
+
+def raw_exchange(url, request):
+    """Sends `request` as bytes and reads the whole answer: what a client sees when gunicorn refuses it."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as client:
+        client.sendall(request)
+        answer = b""
+        while data := client.recv(65536):
+            answer += data
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in header_lines)
+    return int(status_line.split()[1]), headers, body
+
+
+@pytest.mark.parametrize(("request_bytes", "status", "code"), [
+    (b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, "uri_too_long"),
+    (b"GET / HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: y\r\n" % n for n in range(120)) + b"\r\n", 431,
+     "request_header_fields_too_large"),
+    (b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"y" * 9000 + b"\r\n\r\n", 431, "request_header_fields_too_large"),
+    (b"NOT A REQUEST LINE\r\n\r\n", 400, "bad_request"),
+])
+def test_requests_gunicorn_refuses_before_the_app_get_the_apps_json_error_shape(gunicorn, request_bytes, status, code):
+    answered, headers, body = raw_exchange(gunicorn["url"], request_bytes)
+    assert answered == status
+    assert headers["Content-Type"] == "application/json" and headers["X-Content-Type-Options"] == "nosniff"
+    error = json.loads(body)["error"]
+    assert error["code"] == code and error["message"] and error["request_id"] == headers["X-Request-ID"]
