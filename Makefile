@@ -166,8 +166,14 @@ check-port:
 
 # Random, and ignored by git. Compose bind-mounts a file secret with the host file's owner and mode (its uid, gid
 # and mode options need Swarm), so the file is 644 for web's uid 65532 and db's 999; the 700 directory keeps
-# other users of this machine out.
+# other users of this machine out. Postgres reads the password only when it fills an empty volume, so a new one
+# beside this project's existing db_data would be refused: then nothing is created or started.
 $(DB_PASSWORD_FILE):
+	@project=$$($(COMPOSE) config --format json | python3 -c 'import json, sys; print(json.load(sys.stdin)["name"])'); \
+	if [ -n "$$(docker volume ls --quiet --filter label=com.docker.compose.project=$$project \
+	                                     --filter label=com.docker.compose.volume=db_data)" ]; then \
+	  echo "error: $@ is missing, but volume db_data of project $$project holds a database set up with the old" \
+	    "password: put the old file back, or delete every note with make clean" >&2; exit 1; fi
 	@mkdir -p $(@D) && chmod 700 $(@D)
 	@umask 022 && python3 -c 'import secrets; print(secrets.token_urlsafe(32))' > $@
 	@echo "created $@: a random password, ignored by git"

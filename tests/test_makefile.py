@@ -3,18 +3,19 @@
 
 import os
 import subprocess
+import uuid
 
 import pytest
-from conftest import REPOSITORY
+from conftest import REPOSITORY, copy_repository, free_port
 from project import VARIANTS
 
 # What a `make test` run hands down to its children; a learner's shell has none of it.
 INHERITED = {"MAKELEVEL", "MAKEFLAGS", "MFLAGS", "IMAGE", "VARIANT", "WEB_PORT"}
 
 
-def make(*arguments, answer=None, env=None):
+def make(*arguments, answer=None, env=None, cwd=REPOSITORY):
     env = {name: value for name, value in (env or os.environ).items() if name not in INHERITED}
-    return subprocess.run(["make", "--no-print-directory", *arguments], cwd=REPOSITORY, input=answer,
+    return subprocess.run(["make", "--no-print-directory", *arguments], cwd=cwd, input=answer,
                           capture_output=True, text=True, timeout=60, env=env)
 
 
@@ -74,3 +75,22 @@ def test_permission_denied_on_the_engine_socket_names_the_docker_group_and_its_r
     script.chmod(0o755)
     line = one_line_error(make("check-engine", env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}))
     assert "permission denied" in line and "docker group" in line and "root" in line
+
+
+@pytest.mark.docker
+def test_up_without_the_password_beside_an_existing_volume_stops_before_creating_or_starting_anything(
+        tmp_path, docker_client):
+    # A fresh clone (secrets/ is ignored by git) of a project whose db_data volume is still there.
+    copy = copy_repository(tmp_path)
+    project = f"notes-test-lost-secret-{uuid.uuid4().hex[:8]}"
+    volume = docker_client.volumes.create(f"{project}_db_data", labels={
+        "com.docker.compose.project": project, "com.docker.compose.volume": "db_data"})
+    try:
+        environment = {**os.environ, "COMPOSE_PROJECT_NAME": project}
+        line = one_line_error(make("up", f"WEB_PORT={free_port()}", env=environment, cwd=copy))
+        assert "is missing, but volume db_data" in line and "put the old file back" in line and "make clean" in line
+        assert not (copy / "secrets" / "db_password.txt").exists()
+        assert docker_client.containers.list(all=True, filters={"label": f"com.docker.compose.project={project}"}) == []
+    finally:
+        volume.remove()
+
