@@ -32,8 +32,16 @@ APP_VARIABLES = (
 
 
 def gunicorn_setting(name):
-    """A number set in gunicorn.conf.py, read, not run: running it would monkey-patch this process for gevent."""
-    return int(re.search(rf"^{name} = (\d+)", (REPOSITORY / "gunicorn.conf.py").read_text(), re.M)[1])
+    """A value set in gunicorn.conf.py (a number, or a name such as worker_class's), read, not run: running it
+    would monkey-patch this process for gevent."""
+    value = re.search(rf'^{name} = "?(\w+)"?$', (REPOSITORY / "gunicorn.conf.py").read_text(), re.M)[1]
+    return int(value) if value.isdigit() else value
+
+
+def gunicorn_default(variable):
+    """The default gunicorn.conf.py takes when the environment does not set `variable`, read the same way."""
+    config = (REPOSITORY / "gunicorn.conf.py").read_text()
+    return int(re.search(rf'read_positive_int\("{variable}", "(\d+)"\)', config)[1])
 
 
 # How long gunicorn lets requests finish after SIGTERM; every grace period in compose.yaml and k8s/ must exceed it.

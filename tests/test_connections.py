@@ -6,7 +6,7 @@ import re
 import psycopg
 import pytest
 import yaml
-from conftest import REPOSITORY
+from conftest import REPOSITORY, gunicorn_default
 
 import app as app_module
 
@@ -20,15 +20,9 @@ def k8s(name):
     return yaml.safe_load((REPOSITORY / "k8s" / "base" / name).read_text())
 
 
-def default_workers():
-    """WEB_CONCURRENCY's default, as gunicorn.conf.py reads it (read as text: running it would monkey-patch)."""
-    config = (REPOSITORY / "gunicorn.conf.py").read_text()
-    return int(re.search(r'read_positive_int\("WEB_CONCURRENCY", "(\d+)"\)', config)[1])
-
-
 def per_process(environment):
     """(workers, pool max) of one web container with `environment` set on top of the images' defaults."""
-    workers = int(environment.get("WEB_CONCURRENCY", default_workers()))
+    workers = int(environment.get("WEB_CONCURRENCY", gunicorn_default("WEB_CONCURRENCY")))
     pool = {name: value for name, value in environment.items() if name.startswith("DATABASE_POOL_")}
     pool_max = app_module.load_config(pool).pool_max_size
     return workers, pool_max

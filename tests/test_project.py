@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import yaml
-from conftest import REPOSITORY, copy_repository
+from conftest import REPOSITORY, copy_repository, gunicorn_default, gunicorn_setting
 from project import (
     BASE_VARIABLES,
     DATABASE_URL,
@@ -133,9 +133,8 @@ def test_the_bench_ceiling_runs_gunicorn_with_the_services_worker_settings():
     command = re.search(r"^CMD (\[.*?\])$", (REPOSITORY / "tools" / "measure" / "ceiling" / "Dockerfile").read_text(),
                         re.M | re.S)[1]
     options = dict(re.findall(r'"--([a-z-]+)", "([^"]+)"', command))
-    config = (REPOSITORY / "gunicorn.conf.py").read_text()
-    assert options["workers"] == re.search(r'read_positive_int\("WEB_CONCURRENCY", "(\d+)"\)', config)[1]
+    assert options["workers"] == str(gunicorn_default("WEB_CONCURRENCY"))
     for option, setting in (("worker-class", "worker_class"), ("worker-connections", "worker_connections"),
                             ("keep-alive", "keepalive")):
-        assert options[option] == re.search(rf'^{setting} = "?(\w+)"?$', config, re.M)[1], option
+        assert options[option] == str(gunicorn_setting(setting)), option
 
