@@ -51,6 +51,8 @@ IMAGE ?= notes-web
 VARIANTS := slim distroless
 dockerfile = $(if $(filter $(firstword $(VARIANTS)),$1),Dockerfile,Dockerfile.$1)
 REVISION := $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+# An image built from uncommitted changes is not that revision: its tag says so, as VERSION (git describe) does.
+DIRTY := $(if $(shell git status --porcelain --untracked-files=no 2>/dev/null),-dirty)
 VERSION := $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 BUILD_ARGS = --build-arg PYTHON_IMAGE --build-arg BUILD_IMAGE --build-arg DISTROLESS_IMAGE \
   --build-arg REVISION=$(REVISION) --build-arg VERSION=$(VERSION) \
@@ -60,7 +62,14 @@ SOURCE ?= $(shell git config --get remote.origin.url 2>/dev/null || echo unknown
 .PHONY: build compare k8s-validate scan bench drills
 build: ## build every variant: notes-web:slim and notes-web:distroless, each also tagged with the git revision
 	$(foreach variant,$(VARIANTS),docker build $(BUILD_ARGS) -f $(call dockerfile,$(variant)) \
-	  -t $(IMAGE):$(variant) -t $(IMAGE):$(variant)-$(REVISION) . &&) true
+	  -t $(IMAGE):$(variant) -t $(IMAGE):$(variant)-$(REVISION)$(DIRTY) . &&) true
+	@old=$$($(IMAGE_TAGS) | grep -E $(REVISION_TAGS) | grep -vxF $(foreach v,$(VARIANTS),-e $(IMAGE):$(v)-$(REVISION)$(DIRTY))); \
+	[ -z "$$old" ] || docker image rm $$old >/dev/null 2>&1 || echo "kept tags a container still runs: $$old"
+
+# The tags of $(IMAGE): `make build` writes <variant> and <variant>-<revision>, keeping one revision per variant;
+# each Compose stack writes its own <variant>-<project> (compose.yaml).
+IMAGE_TAGS = docker image ls --format '{{.Repository}}:{{.Tag}}' $(IMAGE)
+REVISION_TAGS = $(foreach v,$(VARIANTS),-e ':$(v)-([0-9a-f]{40}|unknown)(-dirty)?$$')
 
 # The tools import tools/project.py and tools/harness.py, and tools/measure/bench.py app.py too.
 TOOLS_PATH := PYTHONPATH=$(CURDIR):$(CURDIR)/tools
@@ -103,7 +112,7 @@ DB_PASSWORD_FILE := secrets/db_password.txt
 
 .PHONY: up down logs ps watch migrate clean psql debug check-engine check-port
 up: check-engine check-port $(DB_PASSWORD_FILE) ## build, start, wait until healthy (VARIANT=distroless, WEB_PORT=8081)
-	$(COMPOSE) up --build --wait --wait-timeout 180
+	@$(COMPOSE) up --build --wait --wait-timeout 180 || { status=$$?; $(FAILED_LOGS); exit $$status; }
 	@echo "web: http://127.0.0.1:$(WEB_PORT)/"
 	@echo "try: curl -H 'Content-Type: application/json' -d '{\"text\": \"hello\"}' http://127.0.0.1:$(WEB_PORT)/api/notes"
 
@@ -116,20 +125,25 @@ logs: check-engine ## follow every service's log (migrate's stays readable after
 ps: check-engine ## list the stack's containers with their health, and migrate's exit code
 	$(COMPOSE) ps --all
 
-watch: check-engine check-port $(DB_PASSWORD_FILE) ## run the stack in the foreground, rebuilding web on code changes
-	$(COMPOSE) up --build --watch
+# After `make up`, so migrate has run and the stack outlives the watching.
+watch: up ## make up, then rebuild web and re-run migrate on each code change; Ctrl-C stops watching, not the stack
+	@echo "watching the files compose.yaml's develop.watch names; Ctrl-C stops watching, make down the stack"
+	@# The shell outlives Ctrl-C (a trap, not an ignore, so Compose still gets it) and reports the stop as it is.
+	@trap true INT; $(COMPOSE) watch --no-up --quiet; status=$$?; \
+	if [ $$status -eq 130 ]; then echo "stopped watching; the stack is still up (make down stops it)"; \
+	else exit $$status; fi
 
 # Any newer migration in the image web runs: after `make watch` rebuilt it, as `make up` runs migrate first.
 migrate: check-engine $(DB_PASSWORD_FILE) ## apply the image's schema migrations to the running stack's database
 	$(COMPOSE) run --rm migrate
 
-clean: check-engine ## delete the containers, volume db_data (every note) and the notes-web images; asks unless FORCE=1
+clean: check-engine ## delete the containers, volume db_data (every note), this stack's and make build's images; asks unless FORCE=1
 	@if [ "$(FORCE)" != 1 ]; then \
-	  printf 'Delete every note (volume db_data) and the $(IMAGE) images? [y/N] '; read -r answer; \
-	  case "$$answer" in y|Y|yes|Yes|YES) ;; *) echo "nothing deleted"; exit 0 ;; esac; \
+	  printf 'Delete every note (volume db_data) and the $(IMAGE) images of this stack and make build? [y/N] '; \
+	  read -r answer; case "$$answer" in y|Y|yes|Yes|YES) ;; *) echo "nothing deleted"; exit 0 ;; esac; \
 	fi; \
-	$(COMPOSE) down --volumes --remove-orphans \
-	&& tags=$$(docker image ls --format '{{.Repository}}:{{.Tag}}' $(IMAGE) | grep -v '<none>'); \
+	project=$$($(PROJECT)); $(COMPOSE) down --volumes --remove-orphans \
+	&& tags=$$($(IMAGE_TAGS) | grep -E $(REVISION_TAGS) $(foreach v,$(VARIANTS),-e ':$(v)(-'"$$project"')?$$')); \
 	[ -z "$$tags" ] || docker image rm $$tags
 
 psql: check-engine ## open psql in db; no port is published, so it goes through `docker compose exec`
@@ -157,6 +171,15 @@ check-engine:
 	@$(COMPOSE) version >/dev/null 2>&1 \
 	  || { echo "error: Compose v2 is missing ('$(COMPOSE) version' fails): install the Compose plugin" >&2; exit 1; }
 
+# A failed `make up` shows why: the last lines of each service that exited with an error or is not healthy.
+FAILED_LOGS = $(COMPOSE) ps --all --format '{{.Service}}|{{.State}}|{{.Health}}|{{.ExitCode}}' \
+  | awk -F'|' '!(($$2 == "running" && $$3 ~ /^(healthy)?$$/) || ($$2 == "exited" && $$4 == 0)) {print $$1}' \
+  | while read -r service; do echo "--- $$service is $$($(COMPOSE) ps --all --format '{{.Status}}' $$service);" \
+      "its last lines (make logs shows all):" >&2; $(COMPOSE) logs --no-log-prefix --tail=15 $$service >&2; done
+
+# The Compose project's name: compose.yaml's `name:`, or COMPOSE_PROJECT_NAME when set.
+PROJECT = $(COMPOSE) config --format json 2>/dev/null | python3 -c 'import json, sys; print(json.load(sys.stdin)["name"])' 2>/dev/null
+
 # Free, or already published by this stack's web (a second `make up` must not fail on its own port).
 check-port:
 	@[ "$$($(COMPOSE) port web 8000 2>/dev/null)" = "127.0.0.1:$(WEB_PORT)" ] \
@@ -169,7 +192,7 @@ check-port:
 # other users of this machine out. Postgres reads the password only when it fills an empty volume, so a new one
 # beside this project's existing db_data would be refused: then nothing is created or started.
 $(DB_PASSWORD_FILE):
-	@project=$$($(COMPOSE) config --format json | python3 -c 'import json, sys; print(json.load(sys.stdin)["name"])'); \
+	@project=$$($(PROJECT)); \
 	if [ -n "$$(docker volume ls --quiet --filter label=com.docker.compose.project=$$project \
 	                                     --filter label=com.docker.compose.volume=db_data)" ]; then \
 	  echo "error: $@ is missing, but volume db_data of project $$project holds a database set up with the old" \

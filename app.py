@@ -263,6 +263,9 @@ class Database:
             self._checking.release()
 
 
+REFUSED_PASSWORD = "password authentication failed"
+
+
 def connect_within(config, seconds):
     """A direct connection for `migrate`, retried while the database starts up, for at most `seconds`."""
     deadline = time.monotonic() + seconds
@@ -271,7 +274,7 @@ def connect_within(config, seconds):
             return psycopg.connect(config.database_url, **connection_options(config, "notes-migrate"))
         except psycopg.OperationalError as error:
             # A wrong password stays wrong: say so now instead of retrying it until the deadline.
-            if "password authentication failed" in str(error) or time.monotonic() >= deadline:
+            if REFUSED_PASSWORD in str(error) or time.monotonic() >= deadline:
                 raise
             time.sleep(1)
 
@@ -542,6 +545,8 @@ def migrate(wait_seconds):
         conn = connect_within(config, wait_seconds)
     except psycopg.OperationalError as error:
         reason = " ".join(str(error).split())
+        if REFUSED_PASSWORD in reason:
+            raise click.ClickException(f"cannot connect to the database: it refused the password: {reason}") from None
         raise click.ClickException(f"cannot connect to the database within {wait_seconds} s: {reason}") from None
     with conn:
         applied = apply_migrations(conn)

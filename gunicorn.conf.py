@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from gevent import monkey
 from gunicorn import util
 from gunicorn.glogging import Logger
+from gunicorn.http import wsgi
 
 
 def read_positive_int(variable, default):
@@ -68,7 +69,15 @@ PROBES = ("/healthz", "/readyz")  # logged only when they fail, or at LOG_LEVEL 
 
 class JsonAccessLogger(Logger):
     """Writes each request's access line as one JSON object, in the same shape as the app's log lines: to stdout
-    through ACCESS_LINES when the access log is `-`, as here, else through the log handler gunicorn set up."""
+    through ACCESS_LINES when the access log is `-`, as here, else through the log handler gunicorn set up. Its
+    own lines (start, workers, errors) get the app's JSON formatter, so that every line a collector reads parses."""
+
+    def setup(self, cfg):
+        super().setup(cfg)
+        from app import JsonFormatter  # the app's one shape; imported once gevent has patched (below)
+
+        for handler in self.error_log.handlers:
+            handler.setFormatter(JsonFormatter())
 
     def access(self, resp, req, environ, request_time):
         status = int(str(resp.status).split()[0])
@@ -107,6 +116,15 @@ def write_json_error(sock, status, reason, message):
 
 
 util.write_error = write_json_error
+
+
+def default_headers_without_banner(response, default_headers=wsgi.Response.default_headers):
+    """gunicorn names itself in a Server header on every answer, and has no setting to stop it: a scanner flags the
+    banner, and it tells an attacker which server's flaws to try."""
+    return [line for line in default_headers(response) if not line.startswith("Server:")]
+
+
+wsgi.Response.default_headers = default_headers_without_banner
 
 
 bind = f"0.0.0.0:{read_positive_int('PORT', '8000')}"

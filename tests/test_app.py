@@ -450,6 +450,17 @@ def test_migrate_gives_up_on_an_unreachable_database_after_its_wait_with_one_lin
     assert postgres.password not in result.stdout + result.stderr
 
 
+def test_migrate_refused_a_password_says_so_at_once_instead_of_retrying_until_its_wait(app_environment, postgres):
+    # A rejected password (a secret changed after Postgres initialised its volume) will not start working.
+    started = time.monotonic()
+    result = flask_cli({**app_environment, "DATABASE_PASSWORD": "not-the-password"}, "migrate", "--wait", "30")
+    assert time.monotonic() - started < 15
+    assert result.returncode != 0
+    [line] = result.stderr.splitlines()
+    assert line.startswith("Error: cannot connect to the database: it refused the password: ")
+    assert "password authentication failed" in line
+
+
 def test_readyz_is_unavailable_until_the_schema_is_migrated(app_environment, create_app, fresh_database_url):
     environment = {**app_environment, "DATABASE_URL": fresh_database_url}
     client = create_app(environment).test_client()

@@ -7,6 +7,7 @@ developer's stack or secrets/. The tests talk to containers only through ports p
 """
 
 import contextlib
+import os
 import re
 import socket
 import subprocess
@@ -72,7 +73,7 @@ def stack(request, images, tmp_path_factory):
     password_file = harness.write_password_file(tmp_path_factory.mktemp(f"compose-{variant}"))
     with pytest.MonkeyPatch.context() as env:
         use_compose_project(env, images[variant], password_file, port)
-        with DockerCompose(REPOSITORY) as compose:
+        with harness.tagged(images[variant], harness.stack_image(os.environ)), DockerCompose(REPOSITORY) as compose:
             yield ComposeStack(compose, variant, port)
 
 
@@ -121,8 +122,23 @@ def test_web_and_migrate_run_read_only_without_capabilities_or_privilege_gain_an
 
 def test_web_and_migrate_run_the_image_built_from_the_variants_dockerfile(config, variant):
     web, migrate = config["services"]["web"], config["services"]["migrate"]
-    assert web["image"] == migrate["image"] == f"{IMAGE}:{variant}"
-    assert web["build"]["dockerfile"] == dockerfile(variant)
+    assert web["image"] == migrate["image"] == f"{IMAGE}:{variant}-{config['name']}"
+    assert web["build"] == migrate["build"] and web["build"]["dockerfile"] == dockerfile(variant)
+
+
+def test_each_stack_tags_an_image_of_its_own_apart_from_make_builds(variant, tmp_path, monkeypatch):
+    images = set()
+    for _ in range(2):
+        use_compose_project(monkeypatch, f"{IMAGE}:{variant}", harness.write_password_file(tmp_path))
+        images.add(DockerCompose(REPOSITORY).get_config()["services"]["web"]["image"])
+    assert len(images) == 2 and f"{IMAGE}:{variant}" not in images
+
+
+def test_a_code_change_under_watch_rebuilds_web_and_migrate_alike(config):
+    # migrate's rebuild re-runs it, so `make watch` applies a new migration before web needs it.
+    web, migrate = config["services"]["web"], config["services"]["migrate"]
+    assert web["develop"] == migrate["develop"]
+    assert {rule["path"].rsplit("/", 1)[-1] for rule in web["develop"]["watch"]} >= {"app.py", "requirements.txt"}
 
 
 def test_web_is_given_longer_to_stop_than_gunicorns_graceful_timeout(config):

@@ -105,6 +105,21 @@ def test_gunicorn_logs_a_passing_health_probe_only_when_it_fails(gunicorn):
     assert [access_log_entry(gunicorn, request_id) for request_id in probes] == [None, None]
 
 
+def test_every_line_gunicorn_writes_is_json_its_own_start_up_lines_too(gunicorn):
+    http("GET", gunicorn["url"] + "/")
+    lines = gunicorn["stdout"].read_text().splitlines() + gunicorn["stderr"].read_text().splitlines()
+    entries = [json.loads(line) for line in lines]
+    started = [entry for entry in entries if entry["message"].startswith("Starting gunicorn")]
+    assert [entry["logger"] for entry in started] == ["gunicorn.error"]
+    assert all(RFC3339_UTC.match(entry["time"]) and entry["level"] for entry in entries)
+
+
+@pytest.mark.parametrize("path", ["/", "/api/notes", "/api/notes/999999999"])
+def test_gunicorn_names_no_server_in_its_answers(gunicorn, path):
+    status, headers, _ = http("GET", gunicorn["url"] + path)
+    assert status < 500 and "Server" not in headers
+
+
 @pytest.mark.parametrize(
     "variables, variable",
     [({"WEB_CONCURRENCY": "0"}, "WEB_CONCURRENCY"), ({"PORT": "http"}, "PORT"), ({"LOG_LEVEL": "loud"}, "LOG_LEVEL")],

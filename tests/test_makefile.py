@@ -2,21 +2,26 @@
 `make clean` takes no for an answer, and an engine that refuses the user says why."""
 
 import os
+import signal
 import subprocess
+import time
 import uuid
 
 import pytest
-from conftest import REPOSITORY, copy_repository, free_port
-from project import VARIANTS
+from conftest import REPOSITORY, copy_repository, free_port, wait_until
+from project import DEFAULT_VARIANT, IMAGE, VARIANTS
 
 # What a `make test` run hands down to its children; a learner's shell has none of it.
 INHERITED = {"MAKELEVEL", "MAKEFLAGS", "MFLAGS", "IMAGE", "VARIANT", "WEB_PORT"}
 
 
-def make(*arguments, answer=None, env=None, cwd=REPOSITORY):
-    env = {name: value for name, value in (env or os.environ).items() if name not in INHERITED}
+def learner_environment(env=None):
+    return {name: value for name, value in (env or os.environ).items() if name not in INHERITED}
+
+
+def make(*arguments, answer=None, env=None, cwd=REPOSITORY, timeout=60):
     return subprocess.run(["make", "--no-print-directory", *arguments], cwd=cwd, input=answer,
-                          capture_output=True, text=True, timeout=60, env=env)
+                          capture_output=True, text=True, timeout=timeout, env=learner_environment(env))
 
 
 def one_line_error(result):
@@ -46,12 +51,63 @@ def test_every_variant_and_a_free_port_pass_the_checks():
 
 @pytest.fixture
 def fake_docker(tmp_path):
-    """A `docker` first on PATH that records its arguments, as the engine's CLI would receive them."""
-    calls = tmp_path / "calls"
+    """A `docker` first on PATH that records its arguments, as the engine's CLI would receive them, lists the tags
+    written to `tags` and names the Compose project `mine`."""
+    calls, tags = tmp_path / "calls", tmp_path / "tags"
+    tags.touch()
     script = tmp_path / "docker"
-    script.write_text(f'#!/bin/sh\necho "$*" >> {calls}\n')
+    script.write_text(f"""#!/bin/sh
+echo "$*" >> {calls}
+case "$*" in
+  "image ls"*) cat {tags} ;;
+  "compose config --format json") echo '{{"name": "mine"}}' ;;
+esac
+""")
     script.chmod(0o755)
-    return {"env": {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}, "calls": calls}
+    return {"env": {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}, "calls": calls, "tags": tags}
+
+
+def removed_tags(calls):
+    return {tag for line in calls.read_text().splitlines() if line.startswith("image rm ") for tag in line.split()[2:]}
+
+
+OLD, NEW = "1" * 40, "2" * 40
+
+
+def test_build_keeps_one_revision_tag_per_variant_and_no_stacks_tag(fake_docker):
+    fake_docker["tags"].write_text("".join(f"{IMAGE}:{tag}\n" for tag in [
+        *VARIANTS, *(f"{v}-{OLD}" for v in VARIANTS), f"{DEFAULT_VARIANT}-{OLD}-dirty", f"{DEFAULT_VARIANT}-mine"]))
+    result = make("build", f"REVISION={NEW}", "DIRTY=", env=fake_docker["env"])
+    assert result.returncode == 0, result.stderr
+    assert removed_tags(fake_docker["calls"]) == {
+        *(f"{IMAGE}:{v}-{OLD}" for v in VARIANTS), f"{IMAGE}:{DEFAULT_VARIANT}-{OLD}-dirty"}
+
+
+def test_build_from_uncommitted_changes_tags_the_revision_dirty(fake_docker, tmp_path):
+    copy = copy_repository(tmp_path / "copy")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
+    subprocess.run([*git, "init", "-q"], cwd=copy, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=copy, check=True)
+    subprocess.run([*git, "commit", "-qm", "copy"], cwd=copy, check=True)
+    revision = subprocess.run(["git", "rev-parse", "HEAD"], cwd=copy, capture_output=True, text=True).stdout.strip()
+    builds = {}
+    for state in ("clean", "dirty"):
+        make("build", env=fake_docker["env"], cwd=copy)
+        builds[state] = [line for line in fake_docker["calls"].read_text().splitlines() if line.startswith("build ")]
+        fake_docker["calls"].write_text("")
+        (copy / "app.py").write_text((copy / "app.py").read_text() + "# an uncommitted change\n")
+    assert all(f"-t {IMAGE}:{v}-{revision} " in " ".join(builds["clean"]) for v in VARIANTS)
+    assert all(f"-t {IMAGE}:{v}-{revision}-dirty " in " ".join(builds["dirty"]) for v in VARIANTS)
+
+
+def test_clean_deletes_this_stacks_and_make_builds_tags_and_no_other_stacks(fake_docker):
+    fake_docker["tags"].write_text("".join(f"{IMAGE}:{tag}\n" for tag in [
+        *VARIANTS, *(f"{v}-{OLD}" for v in VARIANTS), *(f"{v}-mine" for v in VARIANTS),
+        f"{DEFAULT_VARIANT}-other", f"{DEFAULT_VARIANT}-mine-2", f"{DEFAULT_VARIANT}-extra"]))
+    result = make("clean", "FORCE=1", env=fake_docker["env"])
+    assert result.returncode == 0, result.stderr
+    assert removed_tags(fake_docker["calls"]) == {
+        f"{IMAGE}:{tag}" for v in VARIANTS for tag in (v, f"{v}-{OLD}", f"{v}-mine")}
 
 
 @pytest.mark.parametrize("answer", ["n\n", "\n", "no\n", "N\n"])
@@ -94,3 +150,91 @@ def test_up_without_the_password_beside_an_existing_volume_stops_before_creating
     finally:
         volume.remove()
 
+
+
+# ---------------------------------------------------------------------------------------------- a stack of its own
+
+
+@pytest.fixture
+def own_stack(tmp_path):
+    """A fresh clone's copy, and make's arguments for a stack of its own there: project, port and image repository
+    (Compose builds it from the cache). `make clean` removes all three at the end."""
+    copy = copy_repository(tmp_path / "copy")
+    env = {**os.environ, "COMPOSE_PROJECT_NAME": f"notes-test-make-{uuid.uuid4().hex[:8]}"}
+    arguments = [f"WEB_PORT={free_port()}", f"IMAGE={IMAGE}-test-make"]
+    yield copy, env, arguments
+    make("clean", "FORCE=1", *arguments, env=env, cwd=copy, timeout=120)
+
+
+def container(docker_client, env, service):
+    # By its name: while Compose replaces a container, the old one is still there under another.
+    return docker_client.containers.get(f"{env['COMPOSE_PROJECT_NAME']}-{service}-1")
+
+
+def schema_version(docker_client, env):
+    command = ["psql", "--username=notes", "--dbname=notes", "-tAc", "SELECT max(version) FROM schema_migrations"]
+    result = container(docker_client, env, "db").exec_run(command)
+    assert result.exit_code == 0, result.output
+    return int(result.output)
+
+
+def add_migration(copy):
+    app = copy / "app.py"
+    text = app.read_text()
+    end = text.index("\n)\n", text.index("MIGRATIONS = ("))
+    app.write_text(text[:end] + '\n    "CREATE TABLE added_under_watch (id integer)",' + text[end:])
+
+
+@pytest.mark.docker
+def test_watch_keeps_the_variant_applies_a_new_migration_and_ctrl_c_leaves_the_stack_running(
+        own_stack, docker_client, tmp_path):
+    copy, env, arguments = own_stack
+    variant = VARIANTS[-1]  # not the default, which an unset VARIANT would give as well
+    output = tmp_path / "watch.log"
+    with output.open("w") as log:
+        # Its own session, as a terminal's foreground job: Ctrl-C signals make and Compose alike.
+        watch = subprocess.Popen(["make", "--no-print-directory", "watch", f"VARIANT={variant}", *arguments],
+                                 cwd=copy, env=learner_environment(env), stdout=log, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+    try:
+        wait_until(lambda: "Ctrl-C stops watching" in output.read_text() or watch.poll() is not None,
+                   timeout=300, interval=1, what="make watch to start watching", explain=output.read_text)
+        assert watch.poll() is None, output.read_text()
+        web, version = container(docker_client, env, "web").id, schema_version(docker_client, env)
+        time.sleep(2)  # Compose's watcher settles before the first change
+        add_migration(copy)
+
+        def rebuilt_and_migrated():
+            now = container(docker_client, env, "web")
+            health = now.attrs["State"].get("Health", {}).get("Status")
+            return now.id != web and health == "healthy" and schema_version(docker_client, env) == version + 1
+
+        wait_until(rebuilt_and_migrated, timeout=240, interval=1, what="web rebuilt and the new migration applied",
+                   explain=output.read_text)
+        stack_tag = f"{IMAGE}-test-make:{variant}-{env['COMPOSE_PROJECT_NAME']}"
+        assert container(docker_client, env, "web").image.tags == [stack_tag]
+        os.killpg(watch.pid, signal.SIGINT)
+        watch.wait(timeout=60)
+    finally:
+        if watch.poll() is None:
+            os.killpg(watch.pid, signal.SIGKILL)
+    said = output.read_text()
+    assert "make: ***" not in said and said.rstrip().endswith("the stack is still up (make down stops it)"), said
+    assert container(docker_client, env, "web").status == "running"
+    assert container(docker_client, env, "db").status == "running"
+
+
+@pytest.mark.docker
+def test_up_that_fails_shows_the_failing_services_last_lines_and_a_refused_password_at_once(
+        own_stack, docker_client):
+    copy, env, arguments = own_stack
+    first = make("up", *arguments, env=env, cwd=copy, timeout=300)
+    assert first.returncode == 0, first.stdout + first.stderr
+    # The password changed after Postgres initialised db_data with the old one, which it keeps.
+    (copy / "secrets" / "db_password.txt").write_text("a-new-password\n")
+    second = make("up", *arguments, env=env, cwd=copy, timeout=120)
+    assert second.returncode != 0
+    shown = second.stderr
+    assert "--- migrate is Exited (1)" in shown and "its last lines" in shown, shown
+    assert "it refused the password" in shown and "password authentication failed" in shown, shown
+    assert "--- web" not in shown and "--- db" not in shown  # both still healthy

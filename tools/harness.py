@@ -214,15 +214,31 @@ def write_password_file(folder):
 
 def compose_environment(image, password_file, port):
     """The variables under which `docker compose` runs compose.yaml as a project of its own: its own name, WEB_PORT
-    and secret file (an override merged over compose.yaml), web and migrate on `image`. A developer's stack and
-    secrets/ stay untouched."""
+    and secret file (an override merged over compose.yaml), web and migrate on `image`'s repository and variant,
+    under the project's own tag (stack_image). A developer's stack and secrets/ stay untouched."""
     repository, variant = image.rsplit(":", 1)
     override = Path(password_file).with_name("compose.secret.yaml")
     override.write_text(f"secrets:\n  db_password:\n    file: {password_file}\n")
     return {"COMPOSE_FILE": os.pathsep.join(["compose.yaml", str(override)]),
             "COMPOSE_PROJECT_NAME": f"notes-{variant}-{uuid.uuid4().hex[:8]}", "WEB_PORT": str(port),
-            # compose.yaml runs ${IMAGE}:${VARIANT:-slim}; the Makefile passes the default variant as empty.
+            # compose.yaml runs ${IMAGE}:${VARIANT:-slim}-<project>; the Makefile passes the default variant as empty.
             "IMAGE": repository, "VARIANT": "" if variant == DEFAULT_VARIANT else variant}
+
+
+def stack_image(environment):
+    """The tag compose.yaml builds and runs in the project that `environment` (from compose_environment) names."""
+    variant = environment["VARIANT"] or DEFAULT_VARIANT
+    return f"{environment['IMAGE']}:{variant}-{environment['COMPOSE_PROJECT_NAME']}"
+
+
+@contextmanager
+def tagged(image, tag):
+    """`image` under a second tag for the `with` block: a stack's own, so that Compose runs a built image as it is."""
+    subprocess.run(["docker", "tag", image, tag], check=True)
+    try:
+        yield tag
+    finally:
+        subprocess.run(["docker", "image", "rm", tag], capture_output=True)
 
 
 # ---------------------------------------------------------------------------------------------- load

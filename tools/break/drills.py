@@ -33,7 +33,9 @@ from harness import (
     compose_environment,
     free_port,
     stack,
+    stack_image,
     stored_notes,
+    tagged,
     tcp_states,
     wait_until,
     write_password_file,
@@ -112,12 +114,13 @@ def compose_project(image):
             if done.returncode:
                 raise RuntimeError(f"docker compose {' '.join(arguments)}: exit {done.returncode}\n{done.stderr}")
 
-        try:
-            # --no-build: the drill runs the image `make build` made, never one it builds itself.
-            compose("up", "--detach", "--wait", "--wait-timeout", "120", "--no-build")
-            yield compose, f"http://127.0.0.1:{port}"
-        finally:
-            compose("down", "--volumes", "--remove-orphans")
+        # --no-build: the drill runs the image `make build` made, never one it builds itself.
+        with tagged(image, stack_image(environment)):
+            try:
+                compose("up", "--detach", "--wait", "--wait-timeout", "120", "--no-build")
+                yield compose, f"http://127.0.0.1:{port}"
+            finally:
+                compose("down", "--volumes", "--remove-orphans")
 
 
 def durability_across_compose_down_up(image):
