@@ -5,6 +5,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import docker
@@ -156,6 +157,27 @@ def kustomize_build(directory: Path) -> str:
     return result.stdout
 
 
+# Every optional kustomize component in k8s/components/, each added to an overlay by a user's own kustomization.
+COMPONENTS = tuple(sorted(path.parent.name
+                          for path in (REPOSITORY / "k8s" / "components").glob("*/kustomization.yaml")))
+
+
+def kustomize_with_components(overlay: str, components: list[str]) -> str:
+    """An overlay with components added, as k8s/README.md shows: a kustomization of its own that names both.
+
+    Written to a scratch directory, with relative paths, since kustomize refuses absolute ones."""
+    with tempfile.TemporaryDirectory() as scratch:
+        def relative(path):
+            return os.path.relpath(REPOSITORY / "k8s" / path, scratch)
+
+        (Path(scratch) / "kustomization.yaml").write_text(yaml.safe_dump({
+            "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+            "resources": [relative(f"overlays/{overlay}")],
+            "components": [relative(f"components/{component}") for component in components],
+        }))
+        return kustomize_build(Path(scratch))
+
+
 @pytest.fixture(scope="module", params=VARIANTS)
 def overlay(request) -> str:
     """Each variant's overlay in k8s/overlays/, rendered by the fixtures below (tests/test_k8s*.py)."""
@@ -172,9 +194,18 @@ def manifests(rendered) -> list[dict]:
     return [doc for doc in yaml.safe_load_all(rendered) if doc]
 
 
+@pytest.fixture(scope="module", params=[*VARIANTS, *(f"{VARIANTS[0]}+{component}" for component in COMPONENTS)])
+def every_rendering(request) -> list[dict]:
+    """What a user can apply: each overlay alone, and the default one with each component (tests/test_k8s.py's
+    gates); the overlays differ only in the image tag."""
+    overlay, *components = request.param.split("+")
+    return [doc for doc in yaml.safe_load_all(kustomize_with_components(overlay, components)) if doc]
+
+
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "base_images: the base-image contract (tests/test_base_images.py)")
     config.addinivalue_line("markers", "docker: needs a Docker engine and the built images")
     config.addinivalue_line("markers", "slow: drills against real containers, minutes in all (tests/test_drills.py)")
+    config.addinivalue_line("markers", "kind: needs a kind cluster named by KIND_CLUSTER (tests/test_kind.py)")

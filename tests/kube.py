@@ -5,7 +5,7 @@ checks each on small hand-made inputs.
 - parse_quantity: a Kubernetes quantity (64Mi, 500m) as a number.
 - restricted_profile_violations: the Pod Security Standards restricted profile, as the namespace's admission
   controller applies it (https://kubernetes.io/docs/concepts/security/pod-security-standards/).
-- connection_allowed: whether the NetworkPolicies let one pod reach another on a port.
+- connection_allowed: whether the NetworkPolicies let one pod reach another, or an address, on a port.
 - docker_run: a workload's pod spec as `docker run` options, so that Docker can run the image as the cluster would.
 
 Hand-written because no library on PyPI evaluates these offline: kubernetes-validate checks schemas only, and
@@ -13,6 +13,7 @@ checkov checks single fields, not what a namespace's admission or a set of polic
 """
 
 import base64
+import ipaddress
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -163,21 +164,38 @@ def restricted_profile_violations(template: dict) -> list[str]:
 
 @dataclass(frozen=True)
 class Peer:
-    namespace: str
+    """One end of a connection: a pod (its namespace and labels, and its address where a rule needs one), or,
+    with no namespace, an address outside every pod network: a node-local resolver, the internet."""
+
+    namespace: str | None
     labels: dict
+    address: str | None = None
 
     @property
     def namespace_labels(self) -> dict:
         return {"kubernetes.io/metadata.name": self.namespace}
 
 
+def address_in_block(address: str | None, block: dict) -> bool:
+    if address is None:
+        return False
+    ip = ipaddress.ip_address(address)
+    return ip in ipaddress.ip_network(block["cidr"]) and not any(
+        ip in ipaddress.ip_network(excepted) for excepted in block.get("except", []))
+
+
 def peer_matches(rule_peers: list[dict] | None, peer: Peer, policy_namespace: str) -> bool:
-    """Whether `peer` is among a rule's peers; a pod selector alone means pods of the policy's own namespace."""
+    """Whether `peer` is among a rule's peers; a pod selector alone means pods of the policy's own namespace, and
+    only pods match pod or namespace selectors."""
     if rule_peers is None:
         return True
     for rule_peer in rule_peers:
         if "ipBlock" in rule_peer:
-            continue  # addresses are not modelled; these policies select pods and namespaces only
+            if address_in_block(peer.address, rule_peer["ipBlock"]):
+                return True
+            continue
+        if peer.namespace is None:
+            continue
         if "namespaceSelector" in rule_peer:
             namespace_ok = labels_match(rule_peer["namespaceSelector"], peer.namespace_labels)
         else:
@@ -210,8 +228,11 @@ def direction_allows(manifests, direction: str, subject: Peer, other: Peer, port
 
 
 def connection_allowed(manifests, source: Peer, destination: Peer, port: int, protocol: str = "TCP") -> bool:
-    return (direction_allows(manifests, "Egress", source, destination, port, protocol)
-            and direction_allows(manifests, "Ingress", destination, source, port, protocol))
+    """Policies apply to pods only: a peer outside every pod network is never a policy's subject."""
+    egress = source.namespace is None or direction_allows(manifests, "Egress", source, destination, port, protocol)
+    ingress = destination.namespace is None or direction_allows(
+        manifests, "Ingress", destination, source, port, protocol)
+    return egress and ingress
 
 
 @dataclass
@@ -226,15 +247,22 @@ class DockerRun:
         return ["docker", "run", *extra, *self.options, self.image, *self.args]
 
 
-def docker_run(manifests: list[dict], workload: dict, files_dir: Path) -> DockerRun:
-    """Derives `docker run` options from the workload's rendered pod spec.
+def docker_run(manifests: list[dict], workload: dict, files_dir: Path, container_name: str | None = None) -> DockerRun:
+    """Derives `docker run` options from one container of the workload's rendered pod spec: the one named, which
+    may be an init container, else its only container.
 
     ConfigMap and Secret volumes are written under `files_dir` and bind-mounted read-only; emptyDirs become
     tmpfs mounts; claims become named volumes. Not reproducible in Docker, and so left out: probes, preStop,
     ephemeral-storage limits, fsGroup's ownership change (files are written world-readable instead).
     """
     spec = pod_template(workload)["spec"]
-    [container] = spec["containers"]
+    if container_name is None:
+        [container] = spec["containers"]
+    else:
+        matching = [c for c in all_containers(spec) if c["name"] == container_name]
+        if len(matching) != 1:
+            raise ValueError(f"{named(workload)} has no container {container_name}")
+        [container] = matching
     pod_context = spec.get("securityContext", {})
     context = {**pod_context, **container.get("securityContext", {})}
     if context.get("seccompProfile", {}).get("type", "RuntimeDefault") != "RuntimeDefault":

@@ -10,10 +10,11 @@ from conftest import REPOSITORY, gunicorn_default
 
 import app as app_module
 
-OPERATORS = {"migrate": 1, "psql": 1}  # the migrate command's one connection, one operator's psql session
+# One migrate run's connection (an init container's, or an operator's `flask migrate`), one operator's psql session.
+OPERATORS = {"migrate": 1, "psql": 1}
 BUDGET_COMMENT = re.compile(
     r"\((\d+) replicas \+ (\d+) rollout surge\) × (\d+) gunicorn workers\s*#?\s*× (\d+) pooled connections = (\d+),"
-    r" \+ (\d+) migrate Job \+ (\d+) psql = (\d+), under Postgres' max_connections (\d+) less its\s*#?\s*(\d+)")
+    r" \+ (\d+) migrate run \+ (\d+) psql = (\d+), under Postgres' max_connections (\d+) less its\s*#?\s*(\d+)")
 
 
 def k8s(name):

@@ -1,5 +1,6 @@
 """The rendered pods run under Docker: each workload's pod spec turned into `docker run` options (tests/kube.py's
-docker_run), checked option by option, then run for real: migrate, web and db answer their probes."""
+docker_run), checked option by option, then run for real: db starts, web's migrate init container runs, web answers
+its probes."""
 
 import subprocess
 import uuid
@@ -41,7 +42,7 @@ def test_docker_run_reproduces_the_web_pods_hardening_and_configuration(manifest
 
 
 def test_docker_run_for_the_migration_replaces_the_entrypoint_with_the_migrate_command(manifests, tmp_path):
-    run = docker_run(manifests, find(manifests, "Job", "db-migrate"), tmp_path)
+    run = docker_run(manifests, find(manifests, "Deployment", "web"), tmp_path, container_name="migrate")
     assert option_values(run.options, "--entrypoint") == [MIGRATE_COMMAND[0]]
     assert run.args == MIGRATE_COMMAND[1:]
 
@@ -52,7 +53,8 @@ def test_docker_run_for_the_database_keeps_pgdata_in_a_named_volume_and_scratch_
     assert option_values(run.options, "--user") == ["10999:10999"]
     mounts = option_values(run.options, "--mount")
     assert "type=volume,src=db-data,dst=/var/lib/postgresql/data" in mounts
-    assert [tmpfs.split(":")[0] for tmpfs in option_values(run.options, "--tmpfs")] == ["/var/run/postgresql", "/tmp"]
+    assert [tmpfs.split(":")[0] for tmpfs in option_values(run.options, "--tmpfs")] == [
+        "/var/run/postgresql", "/tmp", "/dev/shm"]
     assert "PGDATA=/var/lib/postgresql/data/pgdata" in option_values(run.options, "--env")
     assert "POSTGRES_USER=notes" in option_values(run.options, "--env")
 
@@ -84,10 +86,10 @@ def test_rendered_pods_run_migrate_and_answer_their_probes_under_docker(manifest
     network, volume = f"k8s-smoke-{suffix}", f"k8s-smoke-db-data-{suffix}"
     started: list[str] = []
 
-    def run(workload: dict, *extra: str, detach: bool = True) -> subprocess.CompletedProcess:
-        derived = docker_run(manifests, workload, tmp_path / workload["metadata"]["name"])
+    def run(workload: dict, *extra: str, container: str | None = None, detach: bool = True):
+        derived = docker_run(manifests, workload, tmp_path / workload["metadata"]["name"], container)
         options = [option.replace("src=db-data,", f"src={volume},") for option in derived.options]
-        name = f"{network}-{workload['metadata']['name']}"
+        name = f"{network}-{container or workload['metadata']['name']}"
         argv = ["docker", "run", "--name", name, "--network", network, *extra, *options,
                 upstream_to_configured(derived.image), *derived.args]
         if detach:
@@ -99,16 +101,17 @@ def test_rendered_pods_run_migrate_and_answer_their_probes_under_docker(manifest
     try:
         db = run(find(manifests, "StatefulSet", "db"), "--network-alias", "db")
         assert db.returncode == 0, db.stderr
-        # The Job's command waits for the database to accept connections (migrate --wait), like the real Job.
-        migrate = run(find(manifests, "Job", "db-migrate"), detach=False)
-        assert migrate.returncode == 0, migrate.stdout + migrate.stderr
+        # The init container's command waits for the database to accept connections (migrate --wait), as in a pod.
         web_deployment = find(manifests, "Deployment", "web")
+        migrate = run(web_deployment, container="migrate", detach=False)
+        assert migrate.returncode == 0, migrate.stdout + migrate.stderr
         web = run(web_deployment, "--publish", "127.0.0.1::8000")
         assert web.returncode == 0, web.stderr
         port = subprocess.run(["docker", "port", started[-1], "8000/tcp"], capture_output=True, text=True,
                               check=True).stdout.split(":")[-1].strip()
         [container] = pod_template(web_deployment)["spec"]["containers"]
-        probes = {kind: container[kind]["httpGet"]["path"] for kind in ("readinessProbe", "livenessProbe")}
+        probes = {kind: container[kind]["httpGet"]["path"]
+                  for kind in ("startupProbe", "readinessProbe", "livenessProbe")}
         answers: dict = {}
 
         def probes_answer_200():
@@ -117,7 +120,7 @@ def test_rendered_pods_run_migrate_and_answer_their_probes_under_docker(manifest
                                 for kind, path in probes.items()})
             except requests.ConnectionError:
                 return False
-            return answers == {"readinessProbe": 200, "livenessProbe": 200}
+            return answers == dict.fromkeys(probes, 200)
 
         wait_until(probes_answer_200, timeout=30, interval=0.2, explain=lambda: str(answers))
     finally:

@@ -109,6 +109,23 @@ def test_a_policy_with_no_rules_denies_its_direction_and_a_namespace_selector_ad
     assert not connection_allowed([from_monitoring], OTHER, WEB, 8000)
 
 
+def test_an_ip_block_admits_addresses_in_its_range_but_not_its_exceptions_and_selectors_admit_only_pods():
+    dns = {"ports": [{"protocol": "UDP", "port": 53}]}
+    web_dns = policy("web-dns", {"app": "web"}, ["Egress"], egress=[
+        {"to": [{"ipBlock": {"cidr": "169.254.0.0/16", "except": ["169.254.169.0/24"]}}], **dns},
+        {"to": [{"namespaceSelector": {}}], **dns},
+    ])
+    node_local = Peer(None, {}, address="169.254.20.10")
+    assert connection_allowed([web_dns], WEB, node_local, 53, "UDP")
+    assert not connection_allowed([web_dns], WEB, node_local, 53, "TCP")
+    assert not connection_allowed([web_dns], WEB, Peer(None, {}, address="169.254.169.254"), 53, "UDP")
+    # An empty namespace selector means every pod in every namespace, and no address outside them.
+    assert not connection_allowed([web_dns], WEB, Peer(None, {}, address="203.0.113.53"), 53, "UDP")
+    assert connection_allowed([web_dns], WEB, ELSEWHERE, 53, "UDP")
+    # An address outside every pod network is never a policy's subject: only the pod's own ingress rules decide.
+    assert connection_allowed([web_dns], Peer(None, {}, address="203.0.113.53"), WEB, 8000)
+
+
 def test_find_knows_a_generated_configmap_by_the_name_before_its_hash():
     manifests = [{"kind": "ConfigMap", "metadata": {"name": "web-5t8h9kbc7m"}, "data": {}}]
     assert find(manifests, "ConfigMap", "web") is manifests[0]
@@ -157,3 +174,14 @@ def test_docker_run_refuses_what_it_cannot_map(tmp_path):
         "containers": [{"name": "app", "image": "app:1"}]}}}}
     with pytest.raises(ValueError, match="seccomp"):
         docker_run([], deployment, tmp_path)
+
+
+def test_docker_run_runs_the_named_container_which_may_be_an_init_container(tmp_path):
+    deployment = {"kind": "Deployment", "metadata": {"name": "app"}, "spec": {"template": {"spec": {
+        "initContainers": [{"name": "setup", "image": "app:1", "command": ["app", "setup"]}],
+        "containers": [{"name": "app", "image": "app:1", "args": ["serve"]}]}}}}
+    assert docker_run([], deployment, tmp_path).args == ["serve"]
+    setup = docker_run([], deployment, tmp_path, container_name="setup")
+    assert (option_values(setup.options, "--entrypoint"), setup.args) == (["app"], ["setup"])
+    with pytest.raises(ValueError, match="Deployment/app has no container missing"):
+        docker_run([], deployment, tmp_path, container_name="missing")

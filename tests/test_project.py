@@ -31,8 +31,8 @@ def k8s_base(name):
     return yaml.safe_load((K8S / "base" / name).read_text())
 
 
-def containers(manifest):
-    return manifest["spec"]["template"]["spec"]["containers"]
+def containers(manifest, kind="containers"):
+    return manifest["spec"]["template"]["spec"][kind]
 
 
 @pytest.mark.parametrize("job", ["image", "publish"])
@@ -57,7 +57,7 @@ def test_the_image_name_is_the_makefiles_in_compose_k8s_and_ci():
     assert re.search(r"image: \$\{IMAGE:-([^}]+)\}:\$\{VARIANT:-([^}]+)\}", COMPOSE_TEXT).groups() == (
         IMAGE, DEFAULT_VARIANT)
     assert [c["image"] for c in containers(k8s_base("web-deployment.yaml"))] == [IMAGE]
-    assert [c["image"] for c in containers(k8s_base("db-migrate-job.yaml"))] == [IMAGE]
+    assert [c["image"] for c in containers(k8s_base("web-deployment.yaml"), "initContainers")] == [IMAGE]
     assert WORKFLOW["env"]["IMAGE_NAME"] == IMAGE
 
 
@@ -90,7 +90,7 @@ def test_kubernetes_reaches_the_database_and_migrates_as_compose_does():
     literals = next(generator["literals"] for generator in k8s_base("kustomization.yaml")["configMapGenerator"]
                     if generator["name"] == "web")
     assert f"DATABASE_URL={DATABASE_URL}" in literals
-    assert [c["command"] for c in containers(k8s_base("db-migrate-job.yaml"))] == [MIGRATE]
+    assert [c["command"] for c in containers(k8s_base("web-deployment.yaml"), "initContainers")] == [MIGRATE]
 
 
 RENAMED = "acme-api"

@@ -49,3 +49,6 @@ POSTGRES_IMAGE = base_image("POSTGRES_IMAGE")
 _COMPOSE = yaml.safe_load((ROOT / "compose.yaml").read_text())
 DATABASE_URL = _COMPOSE["services"]["web"]["environment"]["DATABASE_URL"]
 MIGRATE = _COMPOSE["services"]["migrate"]["command"]  # `flask migrate`, as the web image runs it
+# The Kubernetes minor versions the manifests support: validated against each offline (tests/test_k8s.py) and run
+# on each in kind (.github/workflows/kubernetes.yml). The oldest is the namespace's Pod Security enforce-version.
+KUBERNETES_VERSIONS = ("1.35", "1.36", "1.37")
