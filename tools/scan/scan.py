@@ -6,8 +6,9 @@ Usage: make scan, or
 
 For each variant (slim, distroless):
   hadolint         its Dockerfile, with .hadolint.yaml
-  checkov          its Dockerfile (checkov-dockerfile.yaml here), its rendered overlay (checkov-k8s.yaml here)
-  yamllint         compose.yaml, k8s/base and its overlay, with .yamllint.yaml
+  checkov          its Dockerfile (checkov-dockerfile.yaml here), its rendered overlay, alone and with each optional
+                   component in k8s/components/ (checkov-k8s.yaml here)
+  yamllint         compose.yaml, k8s/base, its overlay and k8s/components, with .yamllint.yaml
   sbom             build/sbom/<variant>.cdx.json: the image's Python packages (cyclonedx-py) and Debian packages (dpkg)
   secrets          every layer of `docker save` and the image's history: kingfisher, tools/scan/secret-rules.yaml
   vulnerabilities  trivy or grype, when one is on PATH with a database; otherwise SKIPPED, said out loud
@@ -94,18 +95,19 @@ def hadolint(root, variant):
                   "\n".join([*report, result.stderr.strip()]).strip())
 
 
-def checkov(root, check, target, config, label):
-    result = run(tool("checkov"), "--config-file", str(root / config), "--file", str(target), "--output", "json",
-                 cwd=root, check=False)
+def checkov(root, check, targets, config, label):
+    files = [argument for target in targets for argument in ("--file", str(target))]
+    result = run(tool("checkov"), "--config-file", str(root / config), *files, "--output", "json", cwd=root,
+                 check=False)
     # checkov exits 1 when a check fails; anything else is a crash, and its JSON would be missing.
     if result.returncode not in (0, 1):
-        raise RuntimeError(f"checkov crashed on {target}:\n{result.stderr}")
+        raise RuntimeError(f"checkov crashed on {', '.join(map(str, targets))}:\n{result.stderr}")
     reports = json.loads(result.stdout)
     reports = reports if isinstance(reports, list) else [reports]
     failed = [found for report in reports for found in report.get("results", {}).get("failed_checks", [])]
     if not failed and not any(report.get("results", {}).get("passed_checks") for report in reports):
         # A file checkov could not parse yields no finding at all, which would read as a pass.
-        return Result(check, "FAIL", None, label, f"checkov checked nothing in {target}")
+        return Result(check, "FAIL", None, label, f"checkov checked nothing in {', '.join(map(str, targets))}")
     report = [f"{found['check_id']} {found['check_name']}: {found['resource']} "
               f"({label}, lines {'-'.join(map(str, found['file_line_range']))})" for found in failed]
     skipped = yaml.safe_load((root / config).read_text()).get("skip-check", [])
@@ -115,14 +117,32 @@ def checkov(root, check, target, config, label):
 
 def checkov_dockerfile(root, variant):
     dockerfile = DOCKERFILES[variant]
-    return checkov(root, "checkov Dockerfile", root / dockerfile, CHECKOV_DOCKERFILE_CONFIG, dockerfile)
+    return checkov(root, "checkov Dockerfile", [root / dockerfile], CHECKOV_DOCKERFILE_CONFIG, dockerfile)
 
 
 def checkov_k8s(root, variant, workdir):
+    """The overlay rendered alone and with each optional component in k8s/components/, in one checkov run."""
     overlay = f"k8s/overlays/{variant}"
-    rendered = workdir / f"{variant}-k8s.yaml"
-    rendered.write_text(kustomize(root / overlay))
-    return checkov(root, "checkov k8s", rendered, CHECKOV_K8S_CONFIG, f"{overlay} rendered")
+    components = sorted(path.parent.name for path in (root / "k8s" / "components").glob("*/kustomization.yaml"))
+    targets = []
+    for added in [[], *([component] for component in components)]:
+        rendered = workdir / "-".join([variant, *added, "k8s.yaml"])
+        rendered.write_text(kustomize(with_components(root, workdir, overlay, added)))
+        targets.append(rendered)
+    label = f"{overlay} rendered" + (f", alone and with each of {', '.join(components)}" if components else "")
+    return checkov(root, "checkov k8s", targets, CHECKOV_K8S_CONFIG, label)
+
+
+def with_components(root, workdir, overlay, components):
+    """A kustomization adding `components` to `overlay`, as k8s/README.md shows; relative paths, as kustomize wants."""
+    directory = Path(tempfile.mkdtemp(dir=workdir))
+    def relative(path):
+        return os.path.relpath(root / path, directory)
+
+    (directory / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "resources": [relative(overlay)],
+        "components": [relative(f"k8s/components/{component}") for component in components]}))
+    return directory
 
 
 def kustomize(directory):
@@ -132,7 +152,8 @@ def kustomize(directory):
 
 
 def yamllint(root, variant):
-    paths = ["compose.yaml", "k8s/base", f"k8s/overlays/{variant}"]
+    paths = ["compose.yaml", "k8s/base", f"k8s/overlays/{variant}",
+             *(["k8s/components"] if (root / "k8s" / "components").is_dir() else [])]
     # --strict: a warning fails too, as hadolint's does.
     result = run(tool("yamllint"), "--strict", "--config-file", str(root / ".yamllint.yaml"), "--format", "parsable",
                  *paths, cwd=root, check=False)
