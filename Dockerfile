@@ -22,7 +22,8 @@ RUN python -m compileall -q app.py
 
 # Non-root: a numeric uid (the distroless nonroot one) that Kubernetes' runAsNonRoot can verify without /etc/passwd.
 USER 65532:65532
-EXPOSE 8000
+# 8000 serves the app; 9000 /metrics, for Prometheus only (gunicorn.conf.py).
+EXPOSE 8000 9000
 # Exec form, no shell and no curl: Python itself asks the liveness endpoint.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
   CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('PORT', '8000'), timeout=2)"]
@@ -36,6 +37,8 @@ ARG REVISION=unknown
 ARG CREATED=unknown
 ARG SOURCE=unknown
 ARG LICENSES=NOASSERTION
+# What app_build_info reports at /metrics.
+ENV APP_VERSION=${VERSION} APP_REVISION=${REVISION} APP_VARIANT=slim
 LABEL org.opencontainers.image.title="notes-web" \
       org.opencontainers.image.description="Flask + PostgreSQL notes service (slim, non-root)" \
       org.opencontainers.image.version="${VERSION}" \

@@ -6,7 +6,8 @@ PYTHON_IMAGE ?= python:3.13-slim-trixie
 BUILD_IMAGE ?= debian:trixie-slim
 DISTROLESS_IMAGE ?= gcr.io/distroless/python3-debian13:nonroot
 POSTGRES_IMAGE ?= postgres:17-trixie
-export PYTHON_IMAGE BUILD_IMAGE DISTROLESS_IMAGE POSTGRES_IMAGE
+PROMETHEUS_IMAGE ?= prom/prometheus:v3.14.0
+export PYTHON_IMAGE BUILD_IMAGE DISTROLESS_IMAGE POSTGRES_IMAGE PROMETHEUS_IMAGE
 
 VENV ?= .venv
 PYTEST := $(VENV)/bin/python -m pytest
@@ -91,7 +92,11 @@ compare: build $(VENV)/.installed ## one row per variant: size, layers, user, sh
 # The stack on this machine, from compose.yaml: VARIANT=distroless runs the distroless image, WEB_PORT moves the
 # published port, COMPOSE_PROJECT_NAME runs a second, separate stack.
 COMPOSE ?= docker compose
+# Every service, whichever profiles are on: `down` must also stop the Prometheus an observability `up` started.
+COMPOSE_ALL = $(COMPOSE) --profile '*'
 WEB_PORT ?= 8000
+PROMETHEUS_PORT ?= 9090
+comma := ,
 DEBUG_IMAGE ?= $(PYTHON_IMAGE)
 # Checked before anything runs: a wrong value would otherwise surface as a BuildKit path or a port "in use".
 ifneq ($(filter-out $(VARIANTS),$(or $(VARIANT),$(firstword $(VARIANTS)))),)
@@ -106,24 +111,25 @@ override VARIANT :=
 endif
 # compose.yaml reads IMAGE and WEB_PORT too, so the stack runs the images `make build` tags, on the port `make up`
 # prints; it passes the others to its build, so an image from `make up` is labelled like one from `make build`.
-export IMAGE WEB_PORT REVISION VERSION SOURCE
+export IMAGE WEB_PORT PROMETHEUS_PORT REVISION VERSION SOURCE
 # compose.yaml's secret db_password; `make up` creates it when missing.
 DB_PASSWORD_FILE := secrets/db_password.txt
 
 .PHONY: up down logs ps watch migrate clean psql debug check-engine check-port
-up: check-engine check-port $(DB_PASSWORD_FILE) ## build, start, wait until healthy (VARIANT=distroless, WEB_PORT=8081)
+up: check-engine check-port $(DB_PASSWORD_FILE) ## build, start, wait until healthy (VARIANT=distroless, WEB_PORT=8081, COMPOSE_PROFILES=observability)
 	@$(COMPOSE) up --build --wait --wait-timeout 180 || { status=$$?; $(FAILED_LOGS); exit $$status; }
 	@echo "web: http://127.0.0.1:$(WEB_PORT)/"
+	$(if $(filter observability,$(subst $(comma), ,$(COMPOSE_PROFILES))),@echo "prometheus: http://127.0.0.1:$(PROMETHEUS_PORT)/ (web's metrics: http_requests_total, db_pool_connections ...)")
 	@echo "try: curl -H 'Content-Type: application/json' -d '{\"text\": \"hello\"}' http://127.0.0.1:$(WEB_PORT)/api/notes"
 
 down: check-engine ## stop and remove the containers; the notes stay in the db_data volume
-	$(COMPOSE) down
+	$(COMPOSE_ALL) down
 
 logs: check-engine ## follow every service's log (migrate's stays readable after it exits)
-	$(COMPOSE) logs --follow --tail=100
+	$(COMPOSE_ALL) logs --follow --tail=100
 
 ps: check-engine ## list the stack's containers with their health, and migrate's exit code
-	$(COMPOSE) ps --all
+	$(COMPOSE_ALL) ps --all
 
 # After `make up`, so migrate has run and the stack outlives the watching.
 watch: up ## make up, then rebuild web and re-run migrate on each code change; Ctrl-C stops watching, not the stack
@@ -142,7 +148,7 @@ clean: check-engine ## delete the containers, volume db_data (every note), this 
 	  printf 'Delete every note (volume db_data) and the $(IMAGE) images of this stack and make build? [y/N] '; \
 	  read -r answer; case "$$answer" in y|Y|yes|Yes|YES) ;; *) echo "nothing deleted"; exit 0 ;; esac; \
 	fi; \
-	project=$$($(PROJECT)); $(COMPOSE) down --volumes --remove-orphans \
+	project=$$($(PROJECT)); $(COMPOSE_ALL) down --volumes --remove-orphans \
 	&& tags=$$($(IMAGE_TAGS) | grep -E $(REVISION_TAGS) $(foreach v,$(VARIANTS),-e ':$(v)(-'"$$project"')?$$')); \
 	[ -z "$$tags" ] || docker image rm $$tags
 

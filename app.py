@@ -1,6 +1,7 @@
 """Notes: a small Flask + PostgreSQL web service.
 
-Read top to bottom: configuration -> database -> routes -> error handlers -> application factory -> command line.
+Read top to bottom: configuration -> metrics -> database -> routes -> error handlers -> application factory ->
+command line.
 Importing this module does nothing but define things; `create_app()` reads the environment and builds the app.
 
     gunicorn -c gunicorn.conf.py 'app:create_app()'   # serve
@@ -8,6 +9,7 @@ Importing this module does nothing but define things; `create_app()` reads the e
 """
 
 import atexit
+import functools
 import json
 import logging
 import os
@@ -24,6 +26,7 @@ import click
 import gevent
 import psycopg
 from flask import Blueprint, Flask, Response, abort, current_app, g, has_request_context, request, url_for
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app, multiprocess
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 from werkzeug.exceptions import BadRequest, ClientDisconnected, HTTPException
@@ -49,6 +52,7 @@ class Config:
     log_level: str
     pool_min_size: int
     pool_max_size: int
+    metrics_port: int
 
 
 def read_database_url(environ):
@@ -98,7 +102,7 @@ def read_name(environ):
     return name
 
 
-def read_int(environ, variable, default, minimum):
+def read_int(environ, variable, default, minimum, maximum=None):
     raw = environ.get(variable, str(default))
     try:
         value = int(raw)
@@ -106,7 +110,14 @@ def read_int(environ, variable, default, minimum):
         raise ConfigError(f"{variable}: must be an integer, got {raw!r}") from None
     if value < minimum:
         raise ConfigError(f"{variable}: must be at least {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{variable}: must be at most {maximum}, got {value}")
     return value
+
+
+def read_metrics_port(environ):
+    """The port that serves /metrics, apart from the public one: gunicorn.conf.py binds it, the app answers on it."""
+    return read_int(environ, "METRICS_PORT", default=9000, minimum=1, maximum=65535)
 
 
 def load_config(environ):
@@ -118,6 +129,7 @@ def load_config(environ):
         log_level=read_log_level(environ),
         pool_min_size=pool_min_size,
         pool_max_size=read_int(environ, "DATABASE_POOL_MAX_SIZE", default=4, minimum=max(1, pool_min_size)),
+        metrics_port=read_metrics_port(environ),
     )
 
 
@@ -152,6 +164,64 @@ def configure_logging(level):
 
 
 log = logging.getLogger("app")
+
+# ---------------------------------------------------------------------------------------------- metrics
+
+# Under gunicorn every worker is a process of its own. gunicorn.conf.py sets PROMETHEUS_MULTIPROC_DIR before this
+# module is imported: each process then keeps its values in a file there, and a scrape adds up every worker's.
+# Elsewhere (the flask CLI, tests in one process) they live in this process, in prometheus_client's REGISTRY.
+REQUESTS = Counter("http_requests_total", "Requests the app answered.", ["method", "route", "status"])
+REQUEST_SECONDS = Histogram("http_request_duration_seconds", "Time the app took to answer.", ["method", "route"])
+# livesum: the current total over the workers that are running; a worker that exits drops out.
+POOL_CONNECTIONS = Gauge("db_pool_connections", "Database connections open.", multiprocess_mode="livesum")
+POOL_IN_USE = Gauge("db_pool_connections_in_use", "Database connections lent to a request.",
+                    multiprocess_mode="livesum")
+POOL_WAITING = Gauge("db_pool_requests_waiting", "Requests waiting for a database connection.",
+                     multiprocess_mode="livesum")
+POOL_ERRORS = Counter("db_pool_errors_total", "Requests that got no connection in time (wait), and connection "
+                      "attempts that failed (connect).", ["kind"])
+BUILD_INFO = Gauge("app_build_info", "The running build: always 1.", ["version", "revision", "variant"],
+                   multiprocess_mode="max")
+POOL_SAMPLE_SECONDS = 1
+# Label values come from a fixed set, whatever clients send: every series is a file entry and a time series in
+# Prometheus, so a label that copied a path or a method would let any client create them without end.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+UNMATCHED = "unmatched"  # the route of every request that matched no URL rule: a 404 or a 405
+
+
+@functools.cache
+def route_label(rule):
+    """`/api/notes/<note_id:note_id>` -> `/api/notes/<note_id>`: the rule a request matched, without converters."""
+    return UNMATCHED if rule is None else re.sub(r"<(?:[^<>:]+:)?([^<>]+)>", r"<\1>", rule)
+
+
+def metrics_registry():
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        return REGISTRY
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return registry
+
+
+class MetricsPort:
+    """The WSGI callable gunicorn serves: on the metrics port /metrics and nothing else, on any other the app.
+
+    gunicorn listens on both and passes the port a request came in on as SERVER_PORT, so the public port never
+    serves /metrics. Hand-written: werkzeug's dispatcher routes by path, not by port.
+    """
+
+    def __init__(self, app, port):
+        self.app, self.port = app, str(port)
+        self.metrics = make_wsgi_app(metrics_registry())
+
+    def __call__(self, environ, start_response):
+        if environ.get("SERVER_PORT") != self.port:
+            return self.app(environ, start_response)
+        if environ.get("PATH_INFO") == "/metrics":
+            return self.metrics(environ, start_response)
+        start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+        return [b"Not found: this port serves /metrics only.\n"]
+
 
 # ---------------------------------------------------------------------------------------------- database
 
@@ -229,13 +299,35 @@ class Database:
             name="web",
         )
         self._checking = threading.Lock()
+        self._opening = threading.Lock()
+        self._opened_by = None  # the process that opened the pool
         # Close connections on exit, so PostgreSQL sees a goodbye rather than logging an unexpected EOF.
         atexit.register(self.pool.close)
+
+    def _open(self):
+        if self._opened_by == os.getpid():
+            return
+        with self._opening:
+            if self._opened_by != os.getpid():
+                self.pool.open()
+                threading.Thread(target=self._sample_forever, daemon=True).start()
+                self._opened_by = os.getpid()
+
+    def _sample_forever(self):
+        """The pool's figures into the metrics, every POOL_SAMPLE_SECONDS, for as long as the process lives."""
+        while True:
+            stats = self.pool.pop_stats()  # the counters since the last call, and the pool's current state
+            POOL_CONNECTIONS.set(stats["pool_size"])
+            POOL_IN_USE.set(stats["pool_size"] - stats["pool_available"])
+            POOL_WAITING.set(stats["requests_waiting"])
+            POOL_ERRORS.labels("wait").inc(stats.get("requests_errors", 0))
+            POOL_ERRORS.labels("connect").inc(stats.get("connections_errors", 0))
+            time.sleep(POOL_SAMPLE_SECONDS)
 
     @contextmanager
     def connection(self):
         """Borrow a connection for one request's statements, within DATABASE_TIMEOUT_SECONDS."""
-        self.pool.open()
+        self._open()
         # Under gunicorn's gevent worker the timeout interrupts a request blocked on the socket; elsewhere (the
         # flask CLI, in-process tests) nothing yields to gevent's hub, and it never fires.
         with gevent.Timeout(DATABASE_TIMEOUT_SECONDS, DatabaseTimeout("the database did not answer in time")):
@@ -317,6 +409,17 @@ SELECT_NOTE = "SELECT id, text, created_at FROM notes WHERE id = %s"
 @routes.before_app_request
 def assign_request_id():
     g.request_id = uuid.uuid4().hex
+    g.started = time.perf_counter()
+
+
+@routes.after_app_request
+def count_request(response):
+    # Runs for every answer the app gives, its error handlers' included.
+    route = route_label(request.url_rule and request.url_rule.rule)
+    method = request.method if request.method in METHODS else "other"
+    REQUESTS.labels(method, route, str(response.status_code)).inc()
+    REQUEST_SECONDS.labels(method, route).observe(time.perf_counter() - g.started)
+    return response
 
 
 @routes.after_app_request
@@ -516,6 +619,10 @@ def create_app(environ=os.environ):
     app.url_map.converters["note_id"] = NoteIdConverter
     app.register_blueprint(routes)
     app.cli.add_command(migrate)
+    app.wsgi_app = MetricsPort(app.wsgi_app, config.metrics_port)
+    # Set in the images (Dockerfile, Dockerfile.distroless); a run from the source tree says so.
+    BUILD_INFO.labels(environ.get("APP_VERSION", "dev"), environ.get("APP_REVISION", "unknown"),
+                      environ.get("APP_VARIANT", "source")).set(1)
     if config.database_url is None:
         log.warning("DATABASE_URL is not set: / and /healthz answer, every other path answers 503")
         app.extensions["notes.database"] = None

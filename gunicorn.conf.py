@@ -4,6 +4,7 @@ Every value comes from the environment or is fixed here for containers; the app'
 Nothing is written outside /tmp and /dev/shm, so the container's root filesystem can be read-only.
 """
 
+import glob
 import json
 import os
 import sys
@@ -64,7 +65,8 @@ class StdoutLines:
 
 
 ACCESS_LINES = StdoutLines()
-PROBES = ("/healthz", "/readyz")  # logged only when they fail, or at LOG_LEVEL debug
+# Health probes and Prometheus' scrapes: logged only when they fail, or at LOG_LEVEL debug.
+PROBES = ("/healthz", "/readyz", "/metrics")
 
 
 class JsonAccessLogger(Logger):
@@ -74,14 +76,13 @@ class JsonAccessLogger(Logger):
 
     def setup(self, cfg):
         super().setup(cfg)
-        from app import JsonFormatter  # the app's one shape; imported once gevent has patched (below)
-
         for handler in self.error_log.handlers:
             handler.setFormatter(JsonFormatter())
 
     def access(self, resp, req, environ, request_time):
         status = int(str(resp.status).split()[0])
-        # A passing health probe, every few seconds from Compose or the kubelet, would drown the requests.
+        # A passing probe or scrape, every few seconds from Compose, the kubelet or Prometheus, would drown the
+        # requests.
         probe = environ["PATH_INFO"] in PROBES and status < 400 and self.cfg.loglevel.lower() != "debug"
         if not self.access_log_enabled or probe:
             return
@@ -127,7 +128,6 @@ def default_headers_without_banner(response, default_headers=wsgi.Response.defau
 wsgi.Response.default_headers = default_headers_without_banner
 
 
-bind = f"0.0.0.0:{read_positive_int('PORT', '8000')}"
 # One gevent worker per CPU, and compose.yaml and k8s/ give web one: measured side by side (docs/benchmarks.md),
 # a second worker on the same cores served no more, with a tail several times longer. Containers report the
 # host's CPU count, not their limit: the count is set, never derived.
@@ -143,6 +143,26 @@ if worker_class == "gevent":
     import gevent
 
     monkey.patch_all()
+# Every worker is a process with counters of its own: prometheus_client keeps each process's values in a file in
+# this folder, and a scrape adds them up. Set before the app imports prometheus_client; /tmp is memory (tmpfs) in
+# compose.yaml and k8s/, writable on the read-only root. Emptied at start, or an earlier run's files would count.
+METRICS_DIR = os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", "/tmp/metrics")
+os.makedirs(METRICS_DIR, exist_ok=True)
+for stale in glob.glob(os.path.join(METRICS_DIR, "*.db")):
+    os.remove(stale)
+
+# Only now: psycopg must see gevent's patches, and prometheus_client METRICS_DIR, as they are imported.
+from prometheus_client import multiprocess  # noqa: E402
+
+from app import JsonFormatter, read_metrics_port  # noqa: E402
+
+PORT = read_positive_int("PORT", "8000")
+METRICS_PORT = read_metrics_port(os.environ)
+if METRICS_PORT == PORT:
+    sys.exit(f"configuration error: METRICS_PORT: must differ from PORT ({PORT})")
+# The public port, and Prometheus' port, where app.py serves /metrics and nothing else: compose.yaml does not
+# publish it, and k8s/ admits it only from the monitoring namespace.
+bind = [f"0.0.0.0:{PORT}", f"0.0.0.0:{METRICS_PORT}"]
 # The wait for a request's headers, on a new connection and between keep-alive requests alike: a client that has
 # not sent them within 5 s is disconnected. A load balancer in front must close idle connections sooner (its
 # upstream idle or keep-alive timeout below 5 s), or it may reuse one this server has just closed and answer 502.
@@ -207,3 +227,8 @@ def post_fork(server, worker):
 
 def worker_exit(server, worker):
     ACCESS_LINES.close()
+
+
+def child_exit(server, worker):
+    # In the master: the exited worker's pool gauges no longer count (prometheus_client's livesum); its counters do.
+    multiprocess.mark_process_dead(worker.pid)

@@ -6,6 +6,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import docker
@@ -14,6 +16,7 @@ import pytest
 import yaml
 from harness import exported_files, free_port, wait_until  # noqa: F401  (the tests' too)
 from project import IMAGE, POSTGRES_IMAGE, VARIANTS  # noqa: F401
+from prometheus_client.parser import text_string_to_metric_families
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 # Marks the containers these fixtures start, so they can be found (`docker ps --filter label=...`) and told apart.
@@ -28,7 +31,9 @@ APP_VARIABLES = (
     "DATABASE_POOL_MIN_SIZE",
     "DATABASE_POOL_MAX_SIZE",
     "PORT",
+    "METRICS_PORT",
     "WEB_CONCURRENCY",
+    "PROMETHEUS_MULTIPROC_DIR",
 )
 
 
@@ -103,6 +108,56 @@ def app(create_app):
 @pytest.fixture
 def client(app):
     return app.test_client()
+
+
+def scrape(url):
+    """{(name, labels as a sorted tuple): value} of every sample the metrics port serves."""
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def metric_value(samples, name, **labels):
+    """The sum of `name` over the samples whose labels include `labels`: 0 when there is none."""
+    return sum(v for (sample, sample_labels), v in samples.items()
+               if sample == name and labels.items() <= dict(sample_labels).items())
+
+
+GUNICORN = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:create_app()"]
+
+
+@contextmanager
+def gunicorn_server(environment, directory):
+    """The real server, `gunicorn -c gunicorn.conf.py 'app:create_app()'` from the repository, as the images run
+    it, on ports and with a metrics folder of its own (set them in `environment` to choose), until it answers.
+
+    Yields its public and metrics URLs, its stdout and stderr files and the metrics folder; on exit it must stop
+    cleanly."""
+    environment = {"PORT": str(free_port()), "METRICS_PORT": str(free_port()),
+                   "PROMETHEUS_MULTIPROC_DIR": str(directory / "metrics"), **environment}
+    stdout, stderr = directory / "stdout", directory / "stderr"
+    with stdout.open("w") as out, stderr.open("w") as err:
+        process = subprocess.Popen(GUNICORN, env=environment, cwd=REPOSITORY, stdout=out, stderr=err)
+    server = {"url": f"http://127.0.0.1:{environment['PORT']}",
+              "metrics": f"http://127.0.0.1:{environment['METRICS_PORT']}/metrics", "stdout": stdout,
+              "stderr": stderr, "metrics_dir": Path(environment["PROMETHEUS_MULTIPROC_DIR"])}
+
+    def answering():
+        assert process.poll() is None, stderr.read_text()
+        try:
+            with urllib.request.urlopen(server["url"] + "/healthz", timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    try:
+        wait_until(answering, timeout=30)
+        yield server
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    assert process.returncode == 0, stderr.read_text()
 
 
 @pytest.fixture(scope="session")

@@ -1,13 +1,13 @@
-"""The contract this project relies on from its four base images, checked against whichever images the
-PYTHON_IMAGE, BUILD_IMAGE, DISTROLESS_IMAGE and POSTGRES_IMAGE variables name: upstream, a mirror, or the stand-ins
-that .ci/ builds where no registry is reachable."""
+"""The contract this project relies on from its four base images and Prometheus, checked against whichever images
+the PYTHON_IMAGE, BUILD_IMAGE, DISTROLESS_IMAGE, POSTGRES_IMAGE and PROMETHEUS_IMAGE variables name: upstream, a
+mirror, or the stand-ins that .ci/ builds where no registry is reachable."""
 
 import time
 import uuid
 
 import psycopg
 import pytest
-from conftest import exported_files
+from conftest import exported_files, wait_until
 from project import BASE_VARIABLES, base_image
 
 pytestmark = [pytest.mark.base_images, pytest.mark.docker]
@@ -197,3 +197,19 @@ def test_debian_slim_has_the_python_the_distroless_runtime_has(docker_client):
     version = "import platform; print(platform.python_version())"
     runtime = candidate(DISTROLESS_IMAGE, ["/usr/bin/python3.13", "-c", version])
     assert f"Candidate: {runtime.strip()}" in build
+
+
+def test_prometheus_runs_as_nobody_from_the_upstream_entrypoint_and_answers_its_readiness_check(run, docker_client):
+    """What compose.yaml's prometheus service relies on: the image's user and entrypoint (it passes only flags), and
+    /bin/promtool for its healthcheck. A stand-in must hold to it as prom/prometheus does."""
+    image = base_image("PROMETHEUS_IMAGE")
+    config = docker_client.images.get(image).attrs["Config"]
+    assert config["User"] in ("nobody", "65534") and config["Entrypoint"] == ["/bin/prometheus"]
+    container = run(image, read_only=True, tmpfs={"/prometheus": "uid=65534,gid=65534"})
+
+    def ready():
+        container.reload()
+        assert container.status == "running", container.logs().decode()
+        return container.exec_run(["/bin/promtool", "check", "ready", "--url=http://127.0.0.1:9090"]).exit_code == 0
+
+    wait_until(ready, 60, "prometheus ready", interval=0.5)

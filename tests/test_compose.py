@@ -19,7 +19,7 @@ import harness
 import pytest
 import requests
 from conftest import GRACEFUL_TIMEOUT, REPOSITORY, VARIANTS, free_port
-from project import IMAGE, MIGRATE, dockerfile
+from project import DEFAULT_VARIANT, IMAGE, MIGRATE, dockerfile
 from requests.adapters import HTTPAdapter
 from testcontainers.compose import DockerCompose
 from testcontainers.core.container import DockerContainer
@@ -120,6 +120,16 @@ def test_web_and_migrate_run_read_only_without_capabilities_or_privilege_gain_an
         assert float(limits["cpus"]) > 0 and int(limits["memory"]) > 0 and int(limits["pids"]) > 0, name
 
 
+def test_prometheus_runs_only_with_its_profile_hardened_and_published_on_loopback_only(tmp_path, monkeypatch):
+    use_compose_project(monkeypatch, f"{IMAGE}:{DEFAULT_VARIANT}", harness.write_password_file(tmp_path))
+    assert "prometheus" not in DockerCompose(REPOSITORY).get_config()["services"]
+    monkeypatch.setenv("COMPOSE_PROFILES", "observability")
+    prometheus = DockerCompose(REPOSITORY).get_config()["services"]["prometheus"]
+    assert prometheus["read_only"] is True and prometheus["cap_drop"] == ["ALL"]
+    assert "no-new-privileges:true" in prometheus["security_opt"] and not prometheus["user"].startswith("0:")
+    assert [(port["host_ip"], port["target"]) for port in prometheus["ports"]] == [("127.0.0.1", 9090)]
+
+
 def test_web_and_migrate_run_the_image_built_from_the_variants_dockerfile(config, variant):
     web, migrate = config["services"]["web"], config["services"]["migrate"]
     assert web["image"] == migrate["image"] == f"{IMAGE}:{variant}-{config['name']}"
@@ -192,9 +202,10 @@ def test_web_reaches_db_by_its_service_name(stack, docker_client):
     assert http.get(f"{stack.url}/readyz", timeout=5).json() == {"status": "ready"}
 
 
-def test_web_is_published_on_loopback_only_and_db_not_at_all(stack, docker_client):
+def test_web_is_published_on_loopback_only_its_metrics_port_and_db_not_at_all(stack, docker_client):
     web = stack.container(docker_client, "web")
-    assert web.ports == {"8000/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(stack.port)}]}
+    assert web.ports.pop("8000/tcp") == [{"HostIp": "127.0.0.1", "HostPort": str(stack.port)}]
+    assert web.ports == {"9000/tcp": None}  # Prometheus reaches it on the project network
     assert all(binding is None for binding in stack.container(docker_client, "db").ports.values())
     # The gateway is this host's own address on the project network, and not loopback: nothing answers there.
     (network,) = web.attrs["NetworkSettings"]["Networks"].values()

@@ -5,12 +5,11 @@ deadlines that keep slow clients from holding a worker."""
 import json
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 
 import pytest
-from conftest import REPOSITORY, RFC3339_UTC, free_port, gunicorn_setting, wait_until
+from conftest import GUNICORN, REPOSITORY, RFC3339_UTC, free_port, gunicorn_server, gunicorn_setting, wait_until
 
 # ---------------------------------------------------------------------------------------------- gunicorn
 
@@ -26,40 +25,17 @@ def http(method, url, body=None):
         return error.code, error.headers, error.read()
 
 
-def gunicorn_command():
-    return [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:create_app()"]
-
-
 @pytest.fixture(scope="module")
 def gunicorn(app_environment, postgres, tmp_path_factory):
-    """The real server: `gunicorn -c gunicorn.conf.py 'app:create_app()'`, its password read from a secret file."""
+    """The real server, its password read from a secret file."""
     directory = tmp_path_factory.mktemp("gunicorn")
     password_file = directory / "database_password"
     password_file.write_text(postgres.password + "\n")
-    port = free_port()
-    environment = {**app_environment, "NAME": "Gunicorn", "PORT": str(port)}
+    environment = {**app_environment, "NAME": "Gunicorn", "DATABASE_PASSWORD_FILE": str(password_file)}
     environment.pop("DATABASE_PASSWORD")
-    environment["DATABASE_PASSWORD_FILE"] = str(password_file)
-    stdout, stderr = directory / "stdout", directory / "stderr"
-    with stdout.open("w") as out, stderr.open("w") as err:
-        process = subprocess.Popen(gunicorn_command(), env=environment, cwd=REPOSITORY, stdout=out, stderr=err)
-    url = f"http://127.0.0.1:{port}"
-
-    def answering():
-        assert process.poll() is None, stderr.read_text()
-        try:
-            return http("GET", f"{url}/healthz")[0] == 200
-        except OSError:
-            return False
-
-    try:
-        wait_until(answering, timeout=30)
-        yield {"url": url, "stdout": stdout, "stderr": stderr}
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-    assert process.returncode == 0, stderr.read_text()
-    assert postgres.password not in stdout.read_text() + stderr.read_text()
+    with gunicorn_server(environment, directory) as server:
+        yield server
+    assert postgres.password not in server["stdout"].read_text() + server["stderr"].read_text()
 
 
 def access_log_entry(gunicorn, request_id):
@@ -97,12 +73,15 @@ def test_gunicorn_writes_one_json_access_line_per_request(gunicorn):
     assert RFC3339_UTC.match(entry["time"])
 
 
-def test_gunicorn_logs_a_passing_health_probe_only_when_it_fails(gunicorn):
+def test_gunicorn_logs_a_passing_health_probe_or_scrape_only_when_it_fails(gunicorn):
     probes = [http("GET", gunicorn["url"] + path)[1]["X-Request-ID"] for path in ("/healthz", "/readyz")]
+    assert http("GET", gunicorn["metrics"])[0] == 200
     _, headers, _ = http("GET", gunicorn["url"] + "/")
     # One writer thread, in order: once the later request's line is out, the probes' would be too.
     wait_until(lambda: access_log_entry(gunicorn, headers["X-Request-ID"]), timeout=10)
     assert [access_log_entry(gunicorn, request_id) for request_id in probes] == [None, None]
+    paths = [json.loads(line).get("path") for line in gunicorn["stdout"].read_text().splitlines()]
+    assert "/metrics" not in paths
 
 
 def test_every_line_gunicorn_writes_is_json_its_own_start_up_lines_too(gunicorn):
@@ -122,12 +101,14 @@ def test_gunicorn_names_no_server_in_its_answers(gunicorn, path):
 
 @pytest.mark.parametrize(
     "variables, variable",
-    [({"WEB_CONCURRENCY": "0"}, "WEB_CONCURRENCY"), ({"PORT": "http"}, "PORT"), ({"LOG_LEVEL": "loud"}, "LOG_LEVEL")],
+    [({"WEB_CONCURRENCY": "0"}, "WEB_CONCURRENCY"), ({"PORT": "http"}, "PORT"), ({"LOG_LEVEL": "loud"}, "LOG_LEVEL"),
+     ({"METRICS_PORT": "70000"}, "METRICS_PORT"), ({"PORT": "18765", "METRICS_PORT": "18765"}, "METRICS_PORT")],
 )
-def test_gunicorn_refuses_invalid_configuration_with_one_line(app_environment, variables, variable):
-    environment = {**app_environment, "PORT": str(free_port()), **variables}
+def test_gunicorn_refuses_invalid_configuration_with_one_line(app_environment, tmp_path, variables, variable):
+    environment = {**app_environment, "PORT": str(free_port()), "METRICS_PORT": str(free_port()),
+                   "PROMETHEUS_MULTIPROC_DIR": str(tmp_path), **variables}
     result = subprocess.run(
-        gunicorn_command(), env=environment, cwd=REPOSITORY, capture_output=True, text=True, timeout=60
+        GUNICORN, env=environment, cwd=REPOSITORY, capture_output=True, text=True, timeout=60
     )
     assert result.returncode != 0
     [line] = result.stderr.splitlines()

@@ -1,5 +1,6 @@
 """Every hardening claim of the two images, proven against the built images, for both variants."""
 
+import concurrent.futures
 import json
 import os
 import re
@@ -18,6 +19,8 @@ from conftest import (
     REPOSITORY,
     VARIANTS,
     exported_files,
+    metric_value,
+    scrape,
     wait_until,
 )
 from testcontainers.core.container import DockerContainer
@@ -66,6 +69,7 @@ def web(images, network, database, variant):
             if value is not None:
                 container.with_env(key, value)
         container.ports["8000/tcp"] = ("127.0.0.1", None)
+        container.ports["9000/tcp"] = ("127.0.0.1", None)  # the metrics port
         container.with_kwargs(**options)
         container.start()
         started.append(container)
@@ -221,6 +225,22 @@ def test_runs_read_only_without_capabilities_or_privilege_escalation(web):
     assert requests.get(url, timeout=5).status_code == 200
     ready = requests.get(f"{url}/readyz", timeout=5)
     assert ready.status_code == 200, ready.text
+
+
+def test_metrics_add_up_every_workers_requests_on_a_read_only_root_and_name_the_build(web, images, variant):
+    container, url = web(env={"WEB_CONCURRENCY": "3"}, read_only=True, tmpfs={"/tmp": "size=16m"},
+                         cap_drop=["ALL"], security_opt=["no-new-privileges:true"])
+    metrics = f"http://127.0.0.1:{container.get_exposed_port(9000)}/metrics"
+    sent = 90
+    with concurrent.futures.ThreadPoolExecutor(max_workers=9) as pool:  # a connection each: any worker may take it
+        statuses = list(pool.map(lambda _: requests.get(url, headers={"Connection": "close"}, timeout=10).status_code,
+                                 range(sent)))
+    assert statuses == [200] * sent
+    # More than one worker answered: each writes its counters to a file of its own, named by its pid.
+    assert run_python(container, "import glob; print(len(glob.glob('/tmp/metrics/counter_*.db')) > 1)") == (0, "True\n")
+    samples = scrape(metrics)
+    assert metric_value(samples, "http_requests_total", route="/", status="200") == sent
+    assert metric_value(samples, "app_build_info", variant=variant, revision=images["revision"]) == 1
 
 
 def test_migration_command_creates_the_schema_from_the_image(images, variant, network, database):

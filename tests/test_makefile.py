@@ -121,7 +121,7 @@ def test_clean_answered_no_deletes_nothing_and_succeeds(fake_docker, answer):
 def test_clean_answered_yes_takes_the_stack_down_with_its_volume(fake_docker, answer):
     result = make("clean", "COMPOSE=docker compose", answer=answer, env=fake_docker["env"])
     assert result.returncode == 0, result.stderr
-    assert "compose down --volumes --remove-orphans" in fake_docker["calls"].read_text()
+    assert "down --volumes --remove-orphans" in fake_docker["calls"].read_text()
 
 
 def test_permission_denied_on_the_engine_socket_names_the_docker_group_and_its_risk(tmp_path):

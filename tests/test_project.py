@@ -21,6 +21,8 @@ from project import (
     make_default,
 )
 
+from app import read_metrics_port
+
 WORKFLOW = yaml.safe_load((REPOSITORY / ".github" / "workflows" / "ci.yml").read_text())
 COMPOSE_TEXT = (REPOSITORY / "compose.yaml").read_text()
 K8S = REPOSITORY / "k8s"
@@ -81,9 +83,25 @@ def test_each_variant_is_labelled_with_a_base_image_that_make_passes_to_its_buil
         assert base_variable(variant) in BASE_VARIABLES and f"--build-arg {base_variable(variant)}" in build_args
 
 
-def test_the_postgres_image_is_the_makefiles_in_compose_and_k8s():
-    assert f"image: ${{POSTGRES_IMAGE:-{make_default('POSTGRES_IMAGE')}}}" in COMPOSE_TEXT
+def test_the_postgres_and_prometheus_images_are_the_makefiles_in_compose_and_k8s():
+    for variable in ("POSTGRES_IMAGE", "PROMETHEUS_IMAGE"):
+        assert f"image: ${{{variable}:-{make_default(variable)}}}" in COMPOSE_TEXT, variable
     assert [c["image"] for c in containers(k8s_base("db-statefulset.yaml"))] == [make_default("POSTGRES_IMAGE")]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_each_image_reports_its_own_variant_in_its_build_info(variant):
+    assert re.search(r"^ENV .*\bAPP_VARIANT=(\S+)$", (REPOSITORY / dockerfile(variant)).read_text(), re.M)[1] == variant
+
+
+def test_the_metrics_port_is_app_pys_in_the_images_and_prometheus_scrape_target():
+    port = read_metrics_port({})
+    for variant in VARIANTS:
+        exposed = re.search(r"^EXPOSE (.+)$", (REPOSITORY / dockerfile(variant)).read_text(), re.M)[1].split()
+        assert str(port) in exposed, variant
+    scrape = yaml.safe_load((REPOSITORY / "tools" / "observe" / "prometheus.yml").read_text())
+    assert [target for job in scrape["scrape_configs"] for config in job["static_configs"]
+            for target in config["targets"]] == [f"web:{port}"]
 
 
 def test_kubernetes_reaches_the_database_and_migrates_as_compose_does():

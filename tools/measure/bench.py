@@ -14,6 +14,7 @@ itself within twenty-five minutes, whatever happens.
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -66,15 +67,17 @@ class Variant:
     base: str  # the BASES entry it is built FROM
     ready: str  # the path whose first 200 counts as ready
     database: bool
-    # For a worker-model variant: what replaces gunicorn.conf.py's worker_class line in its copy. Its builds are
-    # not timed (they are the slim image's).
-    worker_model: str | None = None
+    # For a variant of the slim image with one change to its code: (file, the text replaced, its replacement).
+    # Its builds are not timed (they are the slim image's).
+    edit: tuple | None = None
     # For a setting's variant: the slim image itself, run with these variables set.
     environment: dict = field(default_factory=dict)
 
 
 SERVICE_FILES = (".dockerignore", "app.py", "gunicorn.conf.py", "requirements.txt")
 SHIPPED_WORKER_MODEL = 'worker_class = "gevent"'
+# The hook that counts each request for /metrics; without its decorator the app counts nothing.
+COUNTING_HOOK = "@routes.after_app_request\ndef count_request("
 THREADS = 4  # gthread's threads per worker: as many as the pool's connections (app.py's default), so none waits
 # sync and gthread with two workers, as the service ran before gevent: one worker per core would leave a core idle
 # whenever its worker waits on the database.
@@ -83,12 +86,17 @@ VARIANTS = (
     Variant("naive", "the module's image: Flask dev server, root", HERE / "naive",
             ("Dockerfile", "app.py", "requirements.txt"), "Dockerfile", "PYTHON_IMAGE", "/", False),
     Variant("sync", "slim on gunicorn's sync worker", ROOT, ("Dockerfile", *SERVICE_FILES), "Dockerfile",
-            "PYTHON_IMAGE", "/readyz", True, 'worker_class = "sync"', BLOCKING_WORKERS),
+            "PYTHON_IMAGE", "/readyz", True, ("gunicorn.conf.py", SHIPPED_WORKER_MODEL, 'worker_class = "sync"'),
+            BLOCKING_WORKERS),
     Variant(f"gthread ×{THREADS}", f"slim on gthread, {THREADS} threads a worker", ROOT,
             ("Dockerfile", *SERVICE_FILES), "Dockerfile", "PYTHON_IMAGE", "/readyz", True,
-            f'worker_class = "gthread"\nthreads = {THREADS}', BLOCKING_WORKERS),
+            ("gunicorn.conf.py", SHIPPED_WORKER_MODEL, f'worker_class = "gthread"\nthreads = {THREADS}'),
+            BLOCKING_WORKERS),
     Variant("slim", "Dockerfile: gunicorn gevent, non-root", ROOT, ("Dockerfile", *SERVICE_FILES), "Dockerfile",
             "PYTHON_IMAGE", "/readyz", True),
+    Variant("slim, no metrics", "slim without counting requests for /metrics", ROOT,
+            ("Dockerfile", *SERVICE_FILES), "Dockerfile", "PYTHON_IMAGE", "/readyz", True,
+            ("app.py", COUNTING_HOOK, "def count_request(")),
     Variant("slim, 2 workers", "slim with WEB_CONCURRENCY=2", ROOT, ("Dockerfile", *SERVICE_FILES), "Dockerfile",
             "PYTHON_IMAGE", "/readyz", True, environment={"WEB_CONCURRENCY": "2"}),
     Variant("slim, pool 8", "slim with DATABASE_POOL_MAX_SIZE=8", ROOT, ("Dockerfile", *SERVICE_FILES),
@@ -118,20 +126,23 @@ def run(*command, timeout=None, **options):
 def build(variant, scratch):
     """Cold build, then a rebuild after a one-line app.py change; returns both times and the image measured.
 
-    A worker-model variant is built once, from the cache, with its gunicorn.conf.py line changed, and a setting's
-    variant runs the slim image as it is: no times for either."""
-    tag = f"notes-bench:{variant.name.split()[0].strip(',')}"
-    if variant.environment and not variant.worker_model:
+    A variant with an edit is built once, from the cache, with its one change, and a setting's variant runs the
+    slim image as it is: no times for either."""
+    # A setting's variant runs the image of the variant its name starts with.
+    name = variant.name if variant.edit else variant.name.split(",")[0]
+    tag = "notes-bench:" + re.sub(r"[^a-z0-9]+", "-", name).strip("-")
+    if variant.environment and not variant.edit:
         return None, None, tag
     context = scratch / tag.split(":")[1]
     context.mkdir()
     for name in variant.files:
         shutil.copy(variant.context / name, context / name)
-    if variant.worker_model:
-        config = (context / "gunicorn.conf.py").read_text()
-        if config.count(SHIPPED_WORKER_MODEL) != 1:
-            sys.exit(f"bench: gunicorn.conf.py no longer has one line {SHIPPED_WORKER_MODEL!r} to replace")
-        (context / "gunicorn.conf.py").write_text(config.replace(SHIPPED_WORKER_MODEL, variant.worker_model))
+    if variant.edit:
+        name, old, new = variant.edit
+        text = (context / name).read_text()
+        if text.count(old) != 1:
+            sys.exit(f"bench: {name} no longer has one {old!r} to replace")
+        (context / name).write_text(text.replace(old, new))
         timed_build(context, variant.dockerfile, tag, timeout=remaining())
         return None, None, tag
     cold, rebuild = cold_and_rebuild(context, variant.dockerfile, tag, timeout=remaining())
@@ -176,7 +187,7 @@ def prepare(variant, network, scratch, cleanup):
     """Builds the variant and starts it STARTS times; the last container stays up, idle, for the load rounds."""
     print(f"bench: {variant.name}: building, then starting {STARTS} times", file=sys.stderr)
     cold, rebuild, image = build(variant, scratch)
-    if variant.worker_model or not variant.environment:  # else the image is slim's, removed with it
+    if variant.edit or not variant.environment:  # else the image is slim's, removed with it
         cleanup.callback(run, "docker", "image", "rm", image, timeout=60)
     if variant.database:
         migrate(image, network)  # a no-op once the schema is there
@@ -304,6 +315,15 @@ def tables(results, database):
     return images, loads, shares, ratios
 
 
+def metrics_cost(results):
+    """GET / with and without counting each request for /metrics, from the same run."""
+    counted, uncounted = by_name(results, "slim")["hello"], by_name(results, "slim, no metrics")["hello"]
+    cost = 100 * (1 - counted["rps"] / uncounted["rps"])
+    return (f"GET /: {counted['rps']:.0f} req/s with metrics, {uncounted['rps']:.0f} without: counting each request "
+            f"costs {cost:.1f} % of the throughput (goal: at most 5 %); p99 {counted['p99_ms']:.1f} ms against "
+            f"{uncounted['p99_ms']:.1f} ms.")
+
+
 def machine():
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.machine())
@@ -347,6 +367,10 @@ Figures from one machine: compare rows with each other, not with another machine
 
 {shares}
 
+## What the metrics cost
+
+{metrics_cost(results)}
+
 ## Ratios against the naive image
 
 {ratios}
@@ -359,7 +383,9 @@ Figures from one machine: compare rows with each other, not with another machine
   with those workers answers GET / faster. Neither has a database, so neither has a notes mix.
 - **sync** and **gthread ×{THREADS}** are the slim image with gunicorn.conf.py's `{SHIPPED_WORKER_MODEL}` line
   replaced (and then not monkey-patched for gevent), with two workers: the worker models the service did not
-  choose, on the same code and pool. Their builds are the slim image's, so they are not timed. **slim, 2 workers** and
+  choose, on the same code and pool. Their builds are the slim image's, so they are not timed. **slim, no metrics**
+  is the slim image without its `count_request` hook (its decorator removed): the app then counts no request for
+  /metrics, and the difference to slim is what counting costs. **slim, 2 workers** and
   **slim, pool 8** are the slim image run with one setting changed: the worker count and the pool size, measured
   beside the defaults they would replace.
 - **database (pgbench)** is the ceiling for the notes mix: pgbench, in the database container, running the mix's own
