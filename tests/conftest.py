@@ -15,7 +15,7 @@ import harness
 import pytest
 import yaml
 from harness import exported_files, free_port, wait_until  # noqa: F401  (the tests' too)
-from project import IMAGE, POSTGRES_IMAGE, VARIANTS  # noqa: F401
+from project import IMAGE, POSTGRES_IMAGE, VARIANTS, components, overlay_with_components  # noqa: F401
 from prometheus_client.parser import text_string_to_metric_families
 
 REPOSITORY = Path(__file__).resolve().parent.parent
@@ -213,24 +213,13 @@ def kustomize_build(directory: Path) -> str:
 
 
 # Every optional kustomize component in k8s/components/, each added to an overlay by a user's own kustomization.
-COMPONENTS = tuple(sorted(path.parent.name
-                          for path in (REPOSITORY / "k8s" / "components").glob("*/kustomization.yaml")))
+COMPONENTS = components()
 
 
-def kustomize_with_components(overlay: str, components: list[str]) -> str:
-    """An overlay with components added, as k8s/README.md shows: a kustomization of its own that names both.
-
-    Written to a scratch directory, with relative paths, since kustomize refuses absolute ones."""
+def kustomize_with_components(overlay: str, added: list[str]) -> str:
+    """An overlay with components added, as k8s/README.md shows, rendered."""
     with tempfile.TemporaryDirectory() as scratch:
-        def relative(path):
-            return os.path.relpath(REPOSITORY / "k8s" / path, scratch)
-
-        (Path(scratch) / "kustomization.yaml").write_text(yaml.safe_dump({
-            "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-            "resources": [relative(f"overlays/{overlay}")],
-            "components": [relative(f"components/{component}") for component in components],
-        }))
-        return kustomize_build(Path(scratch))
+        return kustomize_build(overlay_with_components(overlay, added, scratch))
 
 
 @pytest.fixture(scope="module", params=VARIANTS)

@@ -52,3 +52,22 @@ MIGRATE = _COMPOSE["services"]["migrate"]["command"]  # `flask migrate`, as the 
 # The Kubernetes minor versions the manifests support: validated against each offline (tests/test_k8s.py) and run
 # on each in kind (.github/workflows/kubernetes.yml). The oldest is the namespace's Pod Security enforce-version.
 KUBERNETES_VERSIONS = ("1.35", "1.36", "1.37")
+
+
+def components(root=ROOT):
+    """The optional kustomize components: each k8s/components/<name>/ with a kustomization.yaml."""
+    return tuple(sorted(path.parent.name for path in (root / "k8s" / "components").glob("*/kustomization.yaml")))
+
+
+def overlay_with_components(overlay, added, directory, root=ROOT):
+    """Writes into `directory` the kustomization k8s/README.md shows for adding components to an overlay, with
+    relative paths, since kustomize refuses absolute ones; returns `directory`, for `kustomize build`."""
+    def relative(path):
+        return os.path.relpath(root / "k8s" / path, directory)
+
+    (Path(directory) / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": [relative(f"overlays/{overlay}")],
+        "components": [relative(f"components/{component}") for component in added],
+    }))
+    return Path(directory)

@@ -33,7 +33,7 @@ from cyclonedx.schema import SchemaVersion
 from cyclonedx.validation.json import JsonStrictValidator
 from debian.deb822 import Deb822
 from packageurl import PackageURL
-from project import IMAGE, VARIANTS, dockerfile
+from project import IMAGE, VARIANTS, components, dockerfile, overlay_with_components
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILES = {variant: dockerfile(variant) for variant in VARIANTS}
@@ -123,26 +123,14 @@ def checkov_dockerfile(root, variant):
 def checkov_k8s(root, variant, workdir):
     """The overlay rendered alone and with each optional component in k8s/components/, in one checkov run."""
     overlay = f"k8s/overlays/{variant}"
-    components = sorted(path.parent.name for path in (root / "k8s" / "components").glob("*/kustomization.yaml"))
+    added_ones = components(root)
     targets = []
-    for added in [[], *([component] for component in components)]:
+    for added in [[], *([component] for component in added_ones)]:
         rendered = workdir / "-".join([variant, *added, "k8s.yaml"])
-        rendered.write_text(kustomize(with_components(root, workdir, overlay, added)))
+        rendered.write_text(kustomize(overlay_with_components(variant, added, tempfile.mkdtemp(dir=workdir), root)))
         targets.append(rendered)
-    label = f"{overlay} rendered" + (f", alone and with each of {', '.join(components)}" if components else "")
+    label = f"{overlay} rendered" + (f", alone and with each of {', '.join(added_ones)}" if added_ones else "")
     return checkov(root, "checkov k8s", targets, CHECKOV_K8S_CONFIG, label)
-
-
-def with_components(root, workdir, overlay, components):
-    """A kustomization adding `components` to `overlay`, as k8s/README.md shows; relative paths, as kustomize wants."""
-    directory = Path(tempfile.mkdtemp(dir=workdir))
-    def relative(path):
-        return os.path.relpath(root / path, directory)
-
-    (directory / "kustomization.yaml").write_text(yaml.safe_dump({
-        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "resources": [relative(overlay)],
-        "components": [relative(f"k8s/components/{component}") for component in components]}))
-    return directory
 
 
 def kustomize(directory):
