@@ -454,8 +454,8 @@ def schema_version(conn):
 
 @routes.get("/readyz")
 def readyz():
-    # Ready means able to serve notes: the database answers and `migrate` has run. A new pod then joins its
-    # Service only after the migration Job, even though nothing else orders them in Kubernetes.
+    # Ready means able to serve notes: the database answers and `migrate` has run. Compose waits for it before
+    # `up --wait` returns; Kubernetes' startup probe, before a new pod joins its Service.
     with database() as conn:
         version = schema_version(conn)
     if version < len(MIGRATIONS):
