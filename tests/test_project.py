@@ -38,10 +38,9 @@ def containers(manifest):
 
 
 @pytest.mark.parametrize("job", ["image", "publish"])
-def test_each_ci_matrix_builds_every_variant_from_its_dockerfile(job):
-    matrix = WORKFLOW["jobs"][job]["strategy"]["matrix"]
-    assert matrix["variant"] == list(VARIANTS)
-    assert {row["variant"]: row["dockerfile"] for row in matrix["include"]} == {v: dockerfile(v) for v in VARIANTS}
+def test_each_ci_matrix_lists_every_variant(job):
+    # The image job's rows also name each variant's Dockerfile: tests/test_workflow.py checks those.
+    assert WORKFLOW["jobs"][job]["strategy"]["matrix"]["variant"] == list(VARIANTS)
 
 
 def test_every_variant_has_its_dockerfile_and_no_dockerfile_is_left_without_a_variant():
