@@ -1,12 +1,9 @@
-# `make` lists the targets. Base images come from four variables; their defaults are the upstream images, and
-# .ci/airgap.mk (written by `bash .ci/run --setup-only` on a machine without a registry) points them at local
-# stand-ins. A team with a registry mirror sets them, e.g. make build PYTHON_IMAGE=mirror.example/python:3.13-slim-trixie
+# `make` lists the targets. Images come from five variables (four bases and Prometheus); their defaults are the
+# upstream images, in tools/base-images.mk (Renovate keeps them pinned by digest there), and .ci/airgap.mk (written
+# by `bash .ci/run --setup-only` on a machine without a registry) points them at local stand-ins. A team with a
+# registry mirror sets them, e.g. make build PYTHON_IMAGE=mirror.example/python:3.13-slim-trixie
 -include .ci/airgap.mk
-PYTHON_IMAGE ?= python:3.13-slim-trixie
-BUILD_IMAGE ?= debian:trixie-slim
-DISTROLESS_IMAGE ?= gcr.io/distroless/python3-debian13:nonroot
-POSTGRES_IMAGE ?= postgres:17-trixie
-PROMETHEUS_IMAGE ?= prom/prometheus:v3.14.0
+include tools/base-images.mk
 export PYTHON_IMAGE BUILD_IMAGE DISTROLESS_IMAGE POSTGRES_IMAGE PROMETHEUS_IMAGE
 
 VENV ?= .venv

@@ -1,6 +1,7 @@
 """The places that must agree with tools/project.py's facts do: adding a variant or renaming the image is one
 change in the Makefile plus its Dockerfile and overlay, and a test here names whatever was left behind."""
 
+import json
 import os
 import re
 import subprocess
@@ -18,6 +19,7 @@ from project import (
     VARIANTS,
     base_variable,
     dockerfile,
+    included_makefiles,
     make_default,
 )
 
@@ -38,10 +40,9 @@ def containers(manifest, kind="containers"):
 
 
 @pytest.mark.parametrize("job", ["image", "publish"])
-def test_each_ci_matrix_builds_every_variant_from_its_dockerfile(job):
-    matrix = WORKFLOW["jobs"][job]["strategy"]["matrix"]
-    assert matrix["variant"] == list(VARIANTS)
-    assert {row["variant"]: row["dockerfile"] for row in matrix["include"]} == {v: dockerfile(v) for v in VARIANTS}
+def test_each_ci_matrix_lists_every_variant(job):
+    # The image job's rows also name each variant's Dockerfile: tests/test_workflow.py checks those.
+    assert WORKFLOW["jobs"][job]["strategy"]["matrix"]["variant"] == list(VARIANTS)
 
 
 def test_every_variant_has_its_dockerfile_and_no_dockerfile_is_left_without_a_variant():
@@ -71,10 +72,44 @@ def test_the_compose_files_variant_picks_the_dockerfile_the_makefile_names():
 
 
 @pytest.mark.parametrize("path", DOCKERFILES, ids=lambda path: str(path.relative_to(REPOSITORY)))
-def test_every_dockerfiles_base_image_defaults_are_the_makefiles(path):
+def test_every_dockerfiles_base_image_defaults_are_the_whole_references_of_the_base_images_file(path):
+    # The rule: an ARG default is the reference tools/base-images.mk holds, digest included once Renovate has pinned
+    # it there, so that `docker build .` and CI's build, which pass no base image, build on the bytes make does.
     defaults = dict(re.findall(r"^ARG (\w+_IMAGE)=(\S+)$", path.read_text(), re.M))
     assert defaults and defaults == {name: make_default(name) for name in defaults}
     assert set(defaults) <= set(BASE_VARIABLES)
+
+
+def print_base_images(directory, env=None):
+    """The four base images as make sees them in `directory`, one per line."""
+    echo = " ".join(f"$({name})" for name in BASE_VARIABLES)
+    result = subprocess.run(["make", "--no-print-directory", "--eval", f"print-bases: ; @echo {echo}", "print-bases"],
+                            cwd=directory, capture_output=True, text=True, env=env, check=True)
+    return dict(zip(BASE_VARIABLES, result.stdout.split(), strict=True))
+
+
+def test_make_reads_the_base_images_from_their_one_file_and_the_environment_or_airgap_mk_still_wins(tmp_path):
+    # The Makefile and what it always includes: nothing else is read before a target runs.
+    copy, base_images = tmp_path, tmp_path / "tools" / "base-images.mk"
+    for path in [REPOSITORY / "Makefile", *included_makefiles()]:
+        (copy / path.relative_to(REPOSITORY)).parent.mkdir(parents=True, exist_ok=True)
+        (copy / path.relative_to(REPOSITORY)).write_text(path.read_text())
+    (copy / ".ci").mkdir()
+    assert included_makefiles(copy) == [base_images]
+    for name in BASE_VARIABLES:
+        assert re.findall(rf"^{name} \?= (\S+)$", base_images.read_text(), re.M) == [make_default(name)]
+        assert not re.search(rf"^{name} [?:]?=", (copy / "Makefile").read_text(), re.M), name
+    # As a team runs make: without the values `make test` exports, nor this machine's .ci/airgap.mk.
+    env = {key: value for key, value in os.environ.items()
+           if key not in {*BASE_VARIABLES, "MAKELEVEL", "MAKEFLAGS", "MFLAGS"}}
+    assert print_base_images(copy, env) == {name: make_default(name) for name in BASE_VARIABLES}
+    base_images.write_text(base_images.read_text().replace(
+        f"PYTHON_IMAGE ?= {make_default('PYTHON_IMAGE')}", "PYTHON_IMAGE ?= example.test/python:3.13-slim-trixie"))
+    assert print_base_images(copy, env)["PYTHON_IMAGE"] == "example.test/python:3.13-slim-trixie"
+    assert print_base_images(copy, {**env, "PYTHON_IMAGE": "mirror.example/python:3.13-slim-trixie"})[
+        "PYTHON_IMAGE"] == "mirror.example/python:3.13-slim-trixie"
+    (copy / ".ci" / "airgap.mk").write_text("POSTGRES_IMAGE ?= airgap/postgres:17-trixie\n")
+    assert print_base_images(copy, env)["POSTGRES_IMAGE"] == "airgap/postgres:17-trixie"
 
 
 def test_each_variant_is_labelled_with_a_base_image_that_make_passes_to_its_build():
@@ -104,6 +139,76 @@ def test_the_metrics_port_is_app_pys_in_the_images_and_prometheus_scrape_target(
             for target in config["targets"]] == [f"web:{port}"]
 
 
+RENOVATE = json.loads((REPOSITORY / ".github" / "renovate.json").read_text())
+# Stands in for the digest Renovate resolves where a registry answers; written only into a scratch copy.
+PINNED_DIGEST = "sha256:" + "0123456789abcdef" * 4
+
+
+def renovate_references(root):
+    """The image references the regex managers of .github/renovate.json find under `root`, matched as Renovate's
+    `recursive` strategy does (each regex within the previous one's matches): [(file, reference, groups)]."""
+    found = []
+    for manager in RENOVATE["customManagers"]:
+        assert manager["matchStringsStrategy"] == "recursive"
+        files = [re.compile(pattern.strip("/")) for pattern in manager["managerFilePatterns"]]  # the /regex/ form
+        regexes = [re.compile(regex.replace("(?<", "(?P<")) for regex in manager["matchStrings"]]
+        for path in sorted(root.rglob("*")):
+            name = path.relative_to(root).as_posix()
+            if path.is_file() and any(pattern.search(name) for pattern in files):
+                texts = [path.read_text()]
+                for regex in regexes[:-1]:
+                    texts = [match[0] for text in texts for match in regex.finditer(text)]
+                found += [(name, match[0], match.groupdict()) for text in texts for match in regexes[-1].finditer(text)]
+    return found
+
+
+def render(template, values):
+    """The Handlebars that Renovate's autoReplaceStringTemplate uses here, `{{#if name}}...{{/if}}` and
+    `{{{name}}}`: hand-written, as no Handlebars library is among the test dependencies."""
+    template = re.sub(r"\{\{#if (\w+)\}\}(.*?)\{\{/if\}\}", lambda m: m[2] if values.get(m[1]) else "", template)
+    rendered = re.sub(r"\{\{\{(\w+)\}\}\}", lambda m: values[m[1]], template)
+    assert "{{" not in rendered, rendered
+    return rendered
+
+
+def test_renovate_pins_each_base_image_in_every_place_that_must_agree_and_the_pinned_copies_still_agree(tmp_path):
+    assert (RENOVATE["enabledManagers"], RENOVATE["pinDigests"]) == (["custom.regex"], True)
+    [manager] = RENOVATE["customManagers"]
+    assert (manager["datasourceTemplate"], manager["versioningTemplate"]) == ("docker", "docker")
+    # Digests only: no rule may re-enable the tag updates that the first one turns off.
+    assert RENOVATE["packageRules"][0] == {**RENOVATE["packageRules"][0], "matchManagers": ["custom.regex"],
+                                           "matchUpdateTypes": ["major", "minor", "patch"], "enabled": False}
+    assert not any(rule.get("enabled") for rule in RENOVATE["packageRules"])
+    copy = copy_repository(tmp_path)
+    found = renovate_references(copy)
+    must_agree = {("tools/base-images.mk", make_default(name)) for name in BASE_VARIABLES}
+    must_agree |= {(path.relative_to(REPOSITORY).as_posix(), reference) for path in DOCKERFILES
+                   for reference in re.findall(r"^ARG \w+_IMAGE=(\S+)$", path.read_text(), re.M)}
+    must_agree |= {("compose.yaml", make_default("POSTGRES_IMAGE")),
+                   ("k8s/base/db-statefulset.yaml", make_default("POSTGRES_IMAGE")),
+                   ("tools/base-images.mk", make_default("PROMETHEUS_IMAGE")),
+                   ("compose.yaml", make_default("PROMETHEUS_IMAGE"))}
+    assert must_agree <= {(name, reference) for name, reference, _ in found}
+    # Renovate's pin, or its next digest, as it writes them: each reference it found becomes name:tag@digest.
+    for name, reference, groups in found:
+        tagged = f"{groups['depName']}:{groups['currentValue']}"
+        assert reference in (tagged, f"{tagged}@{groups['currentDigest']}")
+        pinned = render(manager["autoReplaceStringTemplate"],
+                        {**groups, "newValue": groups["currentValue"], "newDigest": PINNED_DIGEST})
+        assert pinned == f"{tagged}@{PINNED_DIGEST}"
+        text = (copy / name).read_text()
+        (copy / name).write_text(text.replace(reference, pinned, 1))
+    # The next run finds each digest, to keep it current.
+    assert {(name, groups["currentDigest"]) for name, _, groups in renovate_references(copy)} == {
+        (name, PINNED_DIGEST) for name, _, _ in found}
+    env = {name: value for name, value in os.environ.items() if name not in {*BASE_VARIABLES, "IMAGE"}}
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_project.py",
+                             "-k", "not renovate_pins and not template_rename"],
+                            cwd=copy, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert make_default("POSTGRES_IMAGE", copy) == f"{make_default('POSTGRES_IMAGE').split('@')[0]}@{PINNED_DIGEST}"
+
+
 def test_kubernetes_reaches_the_database_and_migrates_as_compose_does():
     literals = next(generator["literals"] for generator in k8s_base("kustomization.yaml")["configMapGenerator"]
                     if generator["name"] == "web")
@@ -131,7 +236,7 @@ def test_the_readmes_template_rename_keeps_the_fast_checks_green(tmp_path):
     fast = [
         # Everything about the manifests but running them, and the places that must agree.
         ["tests/test_project.py", "tests/test_k8s.py", "tests/test_k8s_docker.py", "-m", "not docker", "-k",
-         "not template_rename"],
+         "not template_rename and not renovate_pins"],
         # What `docker compose config` makes of compose.yaml: needs the CLI, not an engine.
         ["tests/test_compose.py", "-k", "read_only or dockerfile or graceful"],
     ]

@@ -1,8 +1,9 @@
 """The project's shared facts, each read from the one file that defines it, for the tests and every tool.
 
-Variants, the image name and the base-image defaults come from the Makefile; the database URL and the migrate
-command from compose.yaml. tests/test_project.py proves that every other place that must agree does: the CI
-matrix, the Kubernetes overlays and manifests, the Dockerfiles and the README.
+Variants and the image name come from the Makefile, the base-image defaults from the file it includes for them
+(tools/base-images.mk); the database URL and the migrate command from compose.yaml. tests/test_project.py proves
+that every other place that must agree does: the CI matrix, the Kubernetes overlays and manifests, the Dockerfiles
+and the README.
 """
 
 import os
@@ -14,12 +15,20 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def included_makefiles(root=ROOT):
+    """The files the Makefile always includes (`include FILE`), in order; `-include`d ones are optional overrides,
+    such as .ci/airgap.mk, not defaults."""
+    return [root / path for path in re.findall(r"^include (\S+)$", (root / "Makefile").read_text(), re.M)]
+
+
 def make_default(name, root=ROOT):
-    """A variable as the Makefile sets it (`NAME ?= value`, `:=` or `=`), its first line."""
-    found = re.search(rf"^{name} [?:]?= *(.*)$", (root / "Makefile").read_text(), re.M)
-    if not found:
-        raise LookupError(f"Makefile: no `{name} ?=` line")
-    return found[1].strip()
+    """A variable as the Makefile sets it (`NAME ?= value`, `:=` or `=`), its first line, in the Makefile itself or
+    in a file it includes."""
+    for path in [root / "Makefile", *included_makefiles(root)]:
+        found = re.search(rf"^{name} [?:]?= *(.*)$", path.read_text(), re.M)
+        if found:
+            return found[1].strip()
+    raise LookupError(f"Makefile: no `{name} ?=` line, in it or in the files it includes")
 
 
 IMAGE = make_default("IMAGE")  # the repository that `make build` tags, Compose runs and k8s/ deploys
