@@ -10,6 +10,7 @@ import io
 import itertools
 import json
 import os
+import platform
 import socket
 import subprocess
 import tarfile
@@ -129,6 +130,25 @@ def exported_files(client, image):
         return {member.name.lstrip("./"): member for member in archive.getmembers()}
 
 
+def machine():
+    """The machine a run's figures come from, as docs/benchmarks.md and docs/drills.md print it."""
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.machine())
+    memory = int(Path("/proc/meminfo").read_text().split()[1]) * 1024
+    engine = subprocess.run(["docker", "version", "--format", "{{.Server.Version}}"], check=True, capture_output=True,
+                            text=True, timeout=30).stdout.strip()
+    return (f"{cpu}, {os.cpu_count()} cores, {memory / 2**30:.1f} GiB, Linux {platform.release()}, "
+            f"Docker Engine {engine}")
+
+
+def revision(root):
+    """The commit checked out in `root`, and whether the working tree differs from it."""
+    def git(*arguments):
+        return subprocess.run(["git", *arguments], cwd=root, check=True, capture_output=True, text=True).stdout.strip()
+
+    return git("rev-parse", "--short", "HEAD") + (" with uncommitted changes" if git("status", "--porcelain") else "")
+
+
 def markdown_table(header, rows):
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
@@ -190,10 +210,12 @@ class Stack:
 
 
 @contextmanager
-def stack(image):
-    """db and web on a network of their own, web ready (/readyz 200); everything is removed on exit."""
+def stack(image, database=postgres):
+    """db and web on a network of their own, web ready (/readyz 200); everything is removed on exit.
+
+    `database(network)` makes the db container: harness.postgres, or a drill's variation of it."""
     port = free_port()
-    with Network() as network, postgres(network) as db:
+    with Network() as network, database(network) as db:
         migrate(image, network)
         with web(image, network, port) as app:
             wait_until(answers(f"http://127.0.0.1:{port}/readyz"), 30, f"{image} ready")
@@ -312,14 +334,19 @@ class Load:
                    timeout, f"{count} acknowledged notes")
 
 
-def stored_notes(url):
-    """{id: text} of every note the service returns, page by page."""
-    notes, before = {}, None
+def every_note(url):
+    """Every note the service returns, page by page, as a list of its JSON objects, newest first."""
+    notes, before = [], None
     while True:
         params = {"limit": 100} | ({"before": before} if before else {})
         page = requests.get(f"{url}/api/notes", params=params, timeout=10)
         page.raise_for_status()
-        notes |= {note["id"]: note["text"] for note in page.json()["notes"]}
+        notes += page.json()["notes"]
         before = page.json()["next"]
         if before is None:
             return notes
+
+
+def stored_notes(url):
+    """{id: text} of every note the service returns."""
+    return {note["id"]: note["text"] for note in every_note(url)}
