@@ -81,7 +81,7 @@ scan: build $(VENV)/scan/.installed $(VENV)/checkov/bin/checkov ## lint and scan
 bench: $(VENV)/.installed ## measure worker models, images and both ceilings side by side; writes docs/benchmarks.md
 	$(TOOLS_PATH) $(VENV)/bin/python tools/measure/bench.py
 
-drills: build $(VENV)/.fuzz-installed ## durability, graceful stop, database outage and bad input against notes-web:slim; prints counts
+drills: build $(VENV)/.fuzz-installed ## break notes-web:slim on purpose (kills, outages, full disk, backups, bad input...); writes docs/drills.md
 	$(TOOLS_PATH) $(VENV)/bin/python tools/break/drills.py $(IMAGE):$(firstword $(VARIANTS))
 
 compare: build $(VENV)/.installed ## one row per variant: size, layers, user, shell, package manager, setuid files, build times
