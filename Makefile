@@ -151,7 +151,7 @@ backup: check-engine ## pg_dump the running stack's database into backups/, name
 	@$(BACKUP) backup --into $(BACKUP_DIR)
 
 restore: check-engine ## replace the running stack's notes with FILE's, checked first, in one transaction; asks unless FORCE=1
-	@$(BACKUP) restore $(if $(filter 1,$(FORCE)),--yes) -- "$(FILE)"
+	@$(BACKUP) restore --backups $(BACKUP_DIR) $(if $(filter 1,$(FORCE)),--yes) -- "$(FILE)"
 
 clean: check-engine ## delete the containers, volume db_data (every note), this stack's and make build's images; asks unless FORCE=1
 	@if [ "$(FORCE)" != 1 ]; then \

@@ -108,10 +108,10 @@ def confirmed(question):
     return answer.strip() in ("y", "Y", "yes", "Yes", "YES")
 
 
-def restore(archive, assume_yes):
+def restore(archive, assume_yes, directory):
     if not archive.is_file():
-        newest = sorted(Path("backups").glob("*.dump"))
-        hint = f", e.g. make restore FILE={newest[-1]}" if newest else ": make backup writes them into backups/"
+        archives = sorted(directory.glob("*.dump"), key=lambda path: path.stat().st_mtime)
+        hint = f", e.g. make restore FILE={archives[-1]}" if archives else f": make backup writes them to {directory}/"
         raise Refused(f"{archive} is not a file: name an archive{hint}")
     require_running_db()
     # Checked before anything is touched: a damaged or foreign file stops here and the notes stay as they are.
@@ -139,13 +139,14 @@ def main():
     commands.add_parser("backup").add_argument("--into", type=Path, default=Path("backups"))
     restoring = commands.add_parser("restore")
     restoring.add_argument("archive", type=Path)
+    restoring.add_argument("--backups", type=Path, default=Path("backups"), help="where to look for one to suggest")
     restoring.add_argument("--yes", action="store_true", help="do not ask first")
     arguments = parser.parse_args()
     try:
         if arguments.command == "backup":
             backup(arguments.into)
         else:
-            restore(arguments.archive, arguments.yes)
+            restore(arguments.archive, arguments.yes, arguments.backups)
     except Refused as refusal:
         sys.exit(f"error: {refusal}")
 

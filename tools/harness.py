@@ -14,6 +14,7 @@ import platform
 import socket
 import subprocess
 import tarfile
+import tempfile
 import threading
 import time
 import uuid
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
-from project import BASE_VARIABLES, DATABASE_URL, DEFAULT_VARIANT, MIGRATE, POSTGRES_IMAGE
+from project import BASE_VARIABLES, DATABASE_URL, DEFAULT_VARIANT, MIGRATE, POSTGRES_IMAGE, ROOT
 
 # Ryuk, testcontainers' clean-up container, cannot be pulled here; every container below is removed by its `with`.
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
@@ -261,6 +262,56 @@ def tagged(image, tag):
         yield tag
     finally:
         subprocess.run(["docker", "image", "rm", tag], capture_output=True)
+
+
+# What a `make drills` run hands down to its children; a make started here must read only the project's variables.
+MAKE_VARIABLES = {"MAKELEVEL", "MAKEFLAGS", "MFLAGS"}
+
+
+@dataclass
+class Project:
+    """A Compose project of its own (compose_project): `docker compose` and `make` run in it, and web's URL.
+
+    `make` runs as a learner's shell would run it, not with the variables of a `make drills` or `make test`
+    above it."""
+
+    environment: dict
+    url: str
+
+    def run(self, *command, check=True, answer=None, timeout=180):
+        """`command` in the repository, in this project; with check, a non-zero exit raises, naming what it said."""
+        done = subprocess.run(command, cwd=ROOT, env=self.environment, input=answer, capture_output=True, text=True,
+                              timeout=timeout)
+        if check and done.returncode:
+            raise RuntimeError(f"{' '.join(command)}: exit {done.returncode}\n{done.stdout}\n{done.stderr}")
+        return done
+
+    def compose(self, *arguments, **options):
+        return self.run("docker", "compose", *arguments, **options)
+
+    def make(self, *arguments, **options):
+        return self.run("make", "--no-print-directory", *arguments, **options)
+
+    def up(self):
+        # --no-build: the drill runs the image `make build` made, never one it builds itself.
+        self.compose("up", "--detach", "--wait", "--wait-timeout", "120", "--no-build")
+
+
+@contextmanager
+def compose_project(image):
+    """compose.yaml up (`--wait`) with web and migrate on `image`, under a project name, WEB_PORT and password file
+    of its own; `down --volumes` after."""
+    with tempfile.TemporaryDirectory() as scratch:
+        port = free_port()
+        inherited = {name: value for name, value in os.environ.items() if name not in MAKE_VARIABLES}
+        environment = {**inherited, **compose_environment(image, write_password_file(scratch), port)}
+        project = Project(environment, f"http://127.0.0.1:{port}")
+        with tagged(image, stack_image(environment)):
+            try:
+                project.up()
+                yield project
+            finally:
+                project.compose("down", "--volumes", "--remove-orphans")
 
 
 # ---------------------------------------------------------------------------------------------- load

@@ -9,18 +9,16 @@ Each result names its goals, met or not: `make drills` writes them to docs/drill
 """
 
 import json
-import os
 import re
 import resource
 import selectors
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections import Counter
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,7 +30,7 @@ from harness import (
     TIME_WAIT,
     Load,
     answers,
-    compose_environment,
+    compose_project,
     every_note,
     free_port,
     machine,
@@ -41,13 +39,10 @@ from harness import (
     postgres,
     revision,
     stack,
-    stack_image,
     stored_notes,
-    tagged,
     tcp_states,
     wait_until,
     web,
-    write_password_file,
 )
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
@@ -146,52 +141,6 @@ def durability_after_db_kill(image):
             notes.docker("db").start()
             writer.wait_for_acknowledged(200, after=time.monotonic())
         return durability("db killed with SIGKILL mid-stream, then started", writer, notes.url)
-
-
-# What a `make drills` run hands down to its children; a make started here must read only the project's variables.
-MAKE_VARIABLES = {"MAKELEVEL", "MAKEFLAGS", "MFLAGS"}
-
-
-@dataclass
-class Project:
-    """A Compose project of its own (compose_project): `docker compose` and `make` run in it, and web's URL."""
-
-    environment: dict
-    url: str
-
-    def run(self, *command, timeout=180):
-        done = subprocess.run(command, cwd=ROOT, env=self.environment, capture_output=True, text=True,
-                              timeout=timeout)
-        if done.returncode:
-            raise RuntimeError(f"{' '.join(command)}: exit {done.returncode}\n{done.stdout}\n{done.stderr}")
-        return done.stdout
-
-    def compose(self, *arguments):
-        return self.run("docker", "compose", *arguments)
-
-    def make(self, *arguments):
-        return self.run("make", "--no-print-directory", *arguments)
-
-    def up(self):
-        # --no-build: the drill runs the image `make build` made, never one it builds itself.
-        self.compose("up", "--detach", "--wait", "--wait-timeout", "120", "--no-build")
-
-
-@contextmanager
-def compose_project(image):
-    """compose.yaml up (`--wait`) with web and migrate on `image`, under a project name, WEB_PORT and password file
-    of its own; `down --volumes` after."""
-    with tempfile.TemporaryDirectory() as scratch:
-        port = free_port()
-        inherited = {name: value for name, value in os.environ.items() if name not in MAKE_VARIABLES}
-        environment = {**inherited, **compose_environment(image, write_password_file(scratch), port)}
-        project = Project(environment, f"http://127.0.0.1:{port}")
-        with tagged(image, stack_image(environment)):
-            try:
-                project.up()
-                yield project
-            finally:
-                project.compose("down", "--volumes", "--remove-orphans")
 
 
 def durability_across_compose_down_up(image):
@@ -739,14 +688,14 @@ def backup_under_writes(image):
         with Load(project.url) as writer:
             writer.wait_for_acknowledged(200)
             began = time.monotonic()
-            said = project.make("backup", f"BACKUP_DIR={backups}")
+            said = project.make("backup", f"BACKUP_DIR={backups}").stdout
             ended = time.monotonic()
             writer.wait_for_acknowledged(50, after=ended)
         archive, archived = re.search(r"^(\S+): [\d,]+ bytes, (\d+) notes$", said, re.M).groups()
         before_down = {note["id"]: note for note in every_note(project.url)}
         project.compose("down", "--volumes")
         project.up()
-        restored_said = project.make("restore", f"FILE={archive}", "FORCE=1")
+        restored_said = project.make("restore", f"FILE={archive}", "FORCE=1").stdout
         restored = every_note(project.url)
         fresh = requests.post(f"{project.url}/api/notes", json={"text": "after the restore"}, timeout=10)
     by_id = {note["id"]: note for note in restored}
