@@ -1,11 +1,11 @@
 """Drills: what the service does when something goes wrong, each printing what it counted. `make drills` runs
-them all; tests/test_drills.py runs the same functions and asserts the counts.
+them all and writes docs/drills.md; tests/test_drills.py runs the same functions and asserts their goals.
 
 Usage: make drills   (PYTHONPATH=tools python tools/break/drills.py [IMAGE], default the Makefile's IMAGE:slim)
 
 Every drill starts its own containers (see harness.py) and removes them; the Compose drills run compose.yaml
 under a project name, port and password file of its own, so they never touch a developer's stack or secrets/.
-Each result names its goals, met or not: `make drills` writes them to docs/drills.md, and the tests assert them.
+Each result names its goals, met or not (class Drill), so the document and the tests judge by the same rules.
 """
 
 import json
