@@ -79,7 +79,7 @@ scan: build $(VENV)/scan/.installed $(VENV)/checkov/bin/checkov ## lint and scan
 bench: $(VENV)/.installed ## measure worker models, images and both ceilings side by side; writes docs/benchmarks.md
 	$(TOOLS_PATH) $(VENV)/bin/python tools/measure/bench.py
 
-drills: build $(VENV)/.fuzz-installed ## durability, graceful stop, database outage and bad input against notes-web:slim; prints counts
+drills: build $(VENV)/.fuzz-installed ## break notes-web:slim on purpose (kills, outages, full disk, backups, bad input...); writes docs/drills.md
 	$(TOOLS_PATH) $(VENV)/bin/python tools/break/drills.py $(IMAGE):$(firstword $(VARIANTS))
 
 compare: build $(VENV)/.installed ## one row per variant: size, layers, user, shell, package manager, setuid files, build times
@@ -112,7 +112,7 @@ export IMAGE WEB_PORT PROMETHEUS_PORT REVISION VERSION SOURCE
 # compose.yaml's secret db_password; `make up` creates it when missing.
 DB_PASSWORD_FILE := secrets/db_password.txt
 
-.PHONY: up down logs ps watch migrate clean psql debug check-engine check-port
+.PHONY: up down logs ps watch migrate backup restore clean psql debug check-engine check-port
 up: check-engine check-port $(DB_PASSWORD_FILE) ## build, start, wait until healthy (VARIANT=distroless, WEB_PORT=8081, COMPOSE_PROFILES=observability)
 	@$(COMPOSE) up --build --wait --wait-timeout 180 || { status=$$?; $(FAILED_LOGS); exit $$status; }
 	@echo "web: http://127.0.0.1:$(WEB_PORT)/"
@@ -140,6 +140,22 @@ watch: up ## make up, then rebuild web and re-run migrate on each code change; C
 migrate: check-engine $(DB_PASSWORD_FILE) ## apply the image's schema migrations to the running stack's database
 	$(COMPOSE) run --rm migrate
 
+# tools/backup.py runs pg_dump and pg_restore inside db; python3 is all it needs on this machine.
+BACKUP = COMPOSE="$(COMPOSE)" python3 tools/backup.py
+# Where `make backup` writes: ignored by git, and only you may enter it.
+BACKUP_DIR ?= backups
+ifneq ($(filter restore,$(MAKECMDGOALS)),)
+ifeq ($(FILE),)
+$(error FILE is not set: name the archive to restore, e.g. make restore FILE=$(or $(lastword $(sort $(wildcard $(BACKUP_DIR)/*.dump))),$(BACKUP_DIR)/notes-20261203T101500Z.dump))
+endif
+endif
+
+backup: check-engine ## pg_dump the running stack's database into backups/, named by UTC time; prints path, size, notes
+	@$(BACKUP) backup --into $(BACKUP_DIR)
+
+restore: check-engine ## replace the running stack's notes with FILE's, checked first, in one transaction; asks unless FORCE=1
+	@$(BACKUP) restore --backups $(BACKUP_DIR) $(if $(filter 1,$(FORCE)),--yes) -- "$(FILE)"
+
 clean: check-engine ## delete the containers, volume db_data (every note), this stack's and make build's images; asks unless FORCE=1
 	@if [ "$(FORCE)" != 1 ]; then \
 	  printf 'Delete every note (volume db_data) and the $(IMAGE) images of this stack and make build? [y/N] '; \
@@ -150,7 +166,8 @@ clean: check-engine ## delete the containers, volume db_data (every note), this 
 	[ -z "$$tags" ] || docker image rm $$tags
 
 psql: check-engine ## open psql in db; no port is published, so it goes through `docker compose exec`
-	$(COMPOSE) exec db psql --username=notes --dbname=notes
+	@# The root filesystem is read-only: psql keeps its history in db's /tmp, until db is recreated.
+	$(COMPOSE) exec --env PSQL_HISTORY=/tmp/psql_history db psql --username=notes --dbname=notes
 
 # The distroless image has no shell, so `docker compose exec web sh` fails. This starts one in another container
 # that joins web's process and network namespaces, as web's own uid: the kernel then lets it read web's files

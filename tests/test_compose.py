@@ -13,11 +13,14 @@ import socket
 import subprocess
 import uuid
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 
+import cis_docker
 import docker
 import harness
 import pytest
 import requests
+import yaml
 from conftest import GRACEFUL_TIMEOUT, REPOSITORY, VARIANTS, free_port
 from project import DEFAULT_VARIANT, IMAGE, MIGRATE, dockerfile
 from requests.adapters import HTTPAdapter
@@ -110,8 +113,9 @@ def seconds(duration):
 # ---------------------------------------------------------------------------------------------- the configuration
 
 
-def test_web_and_migrate_run_read_only_without_capabilities_or_privilege_gain_and_within_limits(config):
-    for name in ("web", "migrate"):
+def test_every_service_runs_read_only_without_capabilities_or_privilege_gain_and_within_limits(config):
+    assert set(config["services"]) == {"db", "migrate", "web"}
+    for name in config["services"]:
         service = config["services"][name]
         assert service["read_only"] is True, name
         assert service["cap_drop"] == ["ALL"], name
@@ -128,6 +132,16 @@ def test_prometheus_runs_only_with_its_profile_hardened_and_published_on_loopbac
     assert prometheus["read_only"] is True and prometheus["cap_drop"] == ["ALL"]
     assert "no-new-privileges:true" in prometheus["security_opt"] and not prometheus["user"].startswith("0:")
     assert [(port["host_ip"], port["target"]) for port in prometheus["ports"]] == [("127.0.0.1", 9090)]
+
+
+def test_db_writes_only_its_volume_and_the_paths_its_kubernetes_pod_mounts_writable(config):
+    db = config["services"]["db"]
+    statefulset = yaml.safe_load((REPOSITORY / "k8s" / "base" / "db-statefulset.yaml").read_text())
+    [container] = statefulset["spec"]["template"]["spec"]["containers"]
+    scratch = {m["mountPath"] for m in container["volumeMounts"] if not m.get("readOnly")} - {
+        PurePosixPath(v["value"]).parent.as_posix() for v in container["env"] if v["name"] == "PGDATA"}
+    assert {path.split(":")[0] for path in db["tmpfs"]} == scratch == {"/var/run/postgresql", "/tmp"}
+    assert [volume["target"] for volume in db["volumes"]] == ["/var/lib/postgresql/data"]
 
 
 def test_web_and_migrate_run_the_image_built_from_the_variants_dockerfile(config, variant):
@@ -212,6 +226,13 @@ def test_web_is_published_on_loopback_only_its_metrics_port_and_db_not_at_all(st
     gateway = network["Gateway"]
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection((gateway, stack.port), timeout=5).close()
+
+
+def test_every_running_container_passes_the_cis_docker_benchmarks_runtime_checks(stack):
+    running = {container.Service: container.ID for container in stack.compose.get_containers()}
+    assert set(running) == {"db", "web"}  # migrate has exited
+    found = cis_docker.container_findings(list(running.values()))
+    assert found == {name: [] for name in found}
 
 
 def test_make_debug_opens_a_shell_beside_web_that_sees_its_files(stack):

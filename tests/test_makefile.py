@@ -44,6 +44,13 @@ def test_a_web_port_that_is_not_a_port_number_says_so(port):
     assert f"WEB_PORT={port} is not a port number" in line and "WEB_PORT=8081" in line
 
 
+def test_restore_without_a_file_stops_make_before_anything_runs_naming_an_archive(tmp_path):
+    archive = tmp_path / "notes-20261203T101500Z.dump"
+    archive.touch()
+    line = one_line_error(make("-n", "restore", f"BACKUP_DIR={tmp_path}"))
+    assert f"FILE is not set: name the archive to restore, e.g. make restore FILE={archive}" in line
+
+
 def test_every_variant_and_a_free_port_pass_the_checks():
     for variant in VARIANTS:
         assert make("-n", "up", f"VARIANT={variant}", "WEB_PORT=8081").returncode == 0

@@ -10,9 +10,11 @@ import io
 import itertools
 import json
 import os
+import platform
 import socket
 import subprocess
 import tarfile
+import tempfile
 import threading
 import time
 import uuid
@@ -21,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
-from project import BASE_VARIABLES, DATABASE_URL, DEFAULT_VARIANT, MIGRATE, POSTGRES_IMAGE
+from project import BASE_VARIABLES, DATABASE_URL, DEFAULT_VARIANT, MIGRATE, POSTGRES_IMAGE, ROOT
 
 # Ryuk, testcontainers' clean-up container, cannot be pulled here; every container below is removed by its `with`.
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
@@ -129,6 +131,25 @@ def exported_files(client, image):
         return {member.name.lstrip("./"): member for member in archive.getmembers()}
 
 
+def machine():
+    """The machine a run's figures come from, as docs/benchmarks.md and docs/drills.md print it."""
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.machine())
+    memory = int(Path("/proc/meminfo").read_text().split()[1]) * 1024
+    engine = subprocess.run(["docker", "version", "--format", "{{.Server.Version}}"], check=True, capture_output=True,
+                            text=True, timeout=30).stdout.strip()
+    return (f"{cpu}, {os.cpu_count()} cores, {memory / 2**30:.1f} GiB, Linux {platform.release()}, "
+            f"Docker Engine {engine}")
+
+
+def revision(root):
+    """The commit checked out in `root`, and whether the working tree differs from it."""
+    def git(*arguments):
+        return subprocess.run(["git", *arguments], cwd=root, check=True, capture_output=True, text=True).stdout.strip()
+
+    return git("rev-parse", "--short", "HEAD") + (" with uncommitted changes" if git("status", "--porcelain") else "")
+
+
 def markdown_table(header, rows):
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
@@ -190,10 +211,12 @@ class Stack:
 
 
 @contextmanager
-def stack(image):
-    """db and web on a network of their own, web ready (/readyz 200); everything is removed on exit."""
+def stack(image, database=postgres):
+    """db and web on a network of their own, web ready (/readyz 200); everything is removed on exit.
+
+    `database(network)` makes the db container: harness.postgres, or a drill's variation of it."""
     port = free_port()
-    with Network() as network, postgres(network) as db:
+    with Network() as network, database(network) as db:
         migrate(image, network)
         with web(image, network, port) as app:
             wait_until(answers(f"http://127.0.0.1:{port}/readyz"), 30, f"{image} ready")
@@ -239,6 +262,56 @@ def tagged(image, tag):
         yield tag
     finally:
         subprocess.run(["docker", "image", "rm", tag], capture_output=True)
+
+
+# What a `make drills` run hands down to its children; a make started here must read only the project's variables.
+MAKE_VARIABLES = {"MAKELEVEL", "MAKEFLAGS", "MFLAGS"}
+
+
+@dataclass
+class Project:
+    """A Compose project of its own (compose_project): `docker compose` and `make` run in it, and web's URL.
+
+    `make` runs as a learner's shell would run it, not with the variables of a `make drills` or `make test`
+    above it."""
+
+    environment: dict
+    url: str
+
+    def run(self, *command, check=True, answer=None, timeout=180):
+        """`command` in the repository, in this project; with check, a non-zero exit raises, naming what it said."""
+        done = subprocess.run(command, cwd=ROOT, env=self.environment, input=answer, capture_output=True, text=True,
+                              timeout=timeout)
+        if check and done.returncode:
+            raise RuntimeError(f"{' '.join(command)}: exit {done.returncode}\n{done.stdout}\n{done.stderr}")
+        return done
+
+    def compose(self, *arguments, **options):
+        return self.run("docker", "compose", *arguments, **options)
+
+    def make(self, *arguments, **options):
+        return self.run("make", "--no-print-directory", *arguments, **options)
+
+    def up(self):
+        # --no-build: the drill runs the image `make build` made, never one it builds itself.
+        self.compose("up", "--detach", "--wait", "--wait-timeout", "120", "--no-build")
+
+
+@contextmanager
+def compose_project(image):
+    """compose.yaml up (`--wait`) with web and migrate on `image`, under a project name, WEB_PORT and password file
+    of its own; `down --volumes` after."""
+    with tempfile.TemporaryDirectory() as scratch:
+        port = free_port()
+        inherited = {name: value for name, value in os.environ.items() if name not in MAKE_VARIABLES}
+        environment = {**inherited, **compose_environment(image, write_password_file(scratch), port)}
+        project = Project(environment, f"http://127.0.0.1:{port}")
+        with tagged(image, stack_image(environment)):
+            try:
+                project.up()
+                yield project
+            finally:
+                project.compose("down", "--volumes", "--remove-orphans")
 
 
 # ---------------------------------------------------------------------------------------------- load
@@ -312,14 +385,19 @@ class Load:
                    timeout, f"{count} acknowledged notes")
 
 
-def stored_notes(url):
-    """{id: text} of every note the service returns, page by page."""
-    notes, before = {}, None
+def every_note(url):
+    """Every note the service returns, page by page, as a list of its JSON objects, newest first."""
+    notes, before = [], None
     while True:
         params = {"limit": 100} | ({"before": before} if before else {})
         page = requests.get(f"{url}/api/notes", params=params, timeout=10)
         page.raise_for_status()
-        notes |= {note["id"]: note["text"] for note in page.json()["notes"]}
+        notes += page.json()["notes"]
         before = page.json()["next"]
         if before is None:
             return notes
+
+
+def stored_notes(url):
+    """{id: text} of every note the service returns."""
+    return {note["id"]: note["text"] for note in every_note(url)}

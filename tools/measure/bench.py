@@ -13,7 +13,6 @@ itself within twenty-five minutes, whatever happens.
 
 import json
 import os
-import platform
 import re
 import shutil
 import statistics
@@ -34,9 +33,11 @@ from harness import (
     answers,
     cold_and_rebuild,
     free_port,
+    machine,
     markdown_table,
     migrate,
     postgres,
+    revision,
     timed_build,
     wait_for_time_wait,
     wait_until,
@@ -324,20 +325,9 @@ def metrics_cost(results):
             f"{uncounted['p99_ms']:.1f} ms.")
 
 
-def machine():
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.machine())
-    memory = int(Path("/proc/meminfo").read_text().split()[1]) * 1024
-    engine = run("docker", "version", "--format", "{{.Server.Version}}").strip()
+def machine_and_wrk():
     wrk = subprocess.run(["wrk", "--version"], capture_output=True, text=True).stdout.split()[1]
-    return (f"{cpu}, {os.cpu_count()} cores, {memory / 2**30:.1f} GiB, Linux {platform.release()}, "
-            f"Docker Engine {engine}, wrk {wrk}")
-
-
-def revision():
-    commit = run("git", "rev-parse", "--short", "HEAD", cwd=ROOT).strip()
-    dirty = run("git", "status", "--porcelain", cwd=ROOT).strip()
-    return commit + (" with uncommitted changes" if dirty else "")
+    return f"{machine()}, wrk {wrk}"
 
 
 def report(results, database, started, load_before):
@@ -350,8 +340,8 @@ editing this file.
 Figures from one machine: compare rows with each other, not with another machine's.
 
 - Date: {started:%Y-%m-%d %H:%M} UTC
-- Revision: {revision()}
-- Machine: {machine()}
+- Revision: {revision(ROOT)}
+- Machine: {machine_and_wrk()}
 - Load average (1 min) as the run began: {load_before:.2f}; above {os.cpu_count()}, other work shared the cores
 - Base images: {bases}
 
