@@ -22,6 +22,7 @@ import pytest
 import requests
 import yaml
 from conftest import GRACEFUL_TIMEOUT, REPOSITORY, VARIANTS, free_port
+from kube import parse_quantity
 from project import DEFAULT_VARIANT, IMAGE, MIGRATE, dockerfile
 from requests.adapters import HTTPAdapter
 from testcontainers.compose import DockerCompose
@@ -140,7 +141,11 @@ def test_db_writes_only_its_volume_and_the_paths_its_kubernetes_pod_mounts_writa
     [container] = statefulset["spec"]["template"]["spec"]["containers"]
     scratch = {m["mountPath"] for m in container["volumeMounts"] if not m.get("readOnly")} - {
         PurePosixPath(v["value"]).parent.as_posix() for v in container["env"] if v["name"] == "PGDATA"}
-    assert {path.split(":")[0] for path in db["tmpfs"]} == scratch == {"/var/run/postgresql", "/tmp"}
+    # Docker gives every container a /dev/shm of its own, sized by shm_size; the pod mounts one.
+    assert {path.split(":")[0] for path in db["tmpfs"]} | {"/dev/shm"} == scratch == {
+        "/var/run/postgresql", "/tmp", "/dev/shm"}
+    [shm] = [volume for volume in statefulset["spec"]["template"]["spec"]["volumes"] if volume["name"] == "shm"]
+    assert int(db["shm_size"]) == parse_quantity(shm["emptyDir"]["sizeLimit"])
     assert [volume["target"] for volume in db["volumes"]] == ["/var/lib/postgresql/data"]
 
 
