@@ -14,7 +14,7 @@ import docker
 import harness
 import pytest
 import yaml
-from harness import exported_files, free_port, wait_until  # noqa: F401  (the tests' too)
+from harness import answers, exported_files, free_port, wait_until  # noqa: F401  (the tests' too)
 from project import IMAGE, POSTGRES_IMAGE, VARIANTS, components, overlay_with_components  # noqa: F401
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -85,10 +85,22 @@ def app_environment(postgres, database_url):
     """
     environment = {name: value for name, value in os.environ.items() if name not in APP_VARIABLES}
     environment.update(DATABASE_URL=database_url, DATABASE_PASSWORD=postgres.password)
-    subprocess.run(
-        [sys.executable, "-m", "flask", "--app", "app", "migrate"], env=environment, cwd=REPOSITORY, check=True
-    )
+    migrate_from_source(environment)
     return environment
+
+
+def one_line_error(result):
+    """The one line a failed command said, naming the fix; make may add its own `*** ... Error 1` after it."""
+    assert result.returncode != 0, result.stdout
+    line, *rest = result.stderr.splitlines()
+    assert all(extra.startswith("make: *** ") for extra in rest), result.stderr
+    return line
+
+
+def migrate_from_source(environment):
+    """`flask --app app migrate` from the repository, against the database `environment` names."""
+    subprocess.run([sys.executable, "-m", "flask", "--app", "app", "migrate"], env=environment, cwd=REPOSITORY,
+                   check=True)
 
 
 @pytest.fixture(scope="session")
@@ -145,11 +157,7 @@ def gunicorn_server(environment, directory):
 
     def answering():
         assert process.poll() is None, stderr.read_text()
-        try:
-            with urllib.request.urlopen(server["url"] + "/healthz", timeout=2) as response:
-                return response.status == 200
-        except OSError:
-            return False
+        return answers(server["url"] + "/healthz")()
 
     try:
         wait_until(answering, timeout=30)

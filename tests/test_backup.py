@@ -10,7 +10,7 @@ import subprocess
 import harness
 import pytest
 import requests
-from conftest import REPOSITORY
+from conftest import REPOSITORY, one_line_error
 
 pytestmark = pytest.mark.docker
 
@@ -31,10 +31,10 @@ def add_notes(project, *texts):
         assert requests.post(f"{project.url}/api/notes", json={"text": text}, timeout=10).status_code == 201
 
 
-def backup(project, backups):
-    said = project.make("backup", f"BACKUP_DIR={backups}").stdout
-    path, size, notes = re.fullmatch(r"(\S+): ([\d,]+) bytes, (\d+) notes\n", said).groups()
-    return backups / os.path.basename(path), int(size.replace(",", "")), int(notes)
+@pytest.fixture(scope="module")
+def archive(project, tmp_path_factory):
+    """One whole archive, for the tests that cut it, refuse it or answer no to it."""
+    return project.backup(tmp_path_factory.mktemp("archive"))
 
 
 def psql(project, command):
@@ -43,7 +43,7 @@ def psql(project, command):
 
 def test_backup_writes_a_private_archive_named_by_utc_time_with_its_size_and_notes(project, backups):
     add_notes(project, "backed up", "twice", "and thrice")
-    archive, size, notes = backup(project, backups)
+    archive, size, notes = project.backup(backups)
     assert re.fullmatch(rf"{re.escape(project.environment['COMPOSE_PROJECT_NAME'])}-\d{{8}}T\d{{6}}Z\.dump",
                         archive.name)
     assert stat.S_IMODE(backups.stat().st_mode) == 0o700 and stat.S_IMODE(archive.stat().st_mode) == 0o600
@@ -54,7 +54,7 @@ def test_backup_writes_a_private_archive_named_by_utc_time_with_its_size_and_not
 
 def test_restore_brings_back_every_note_byte_for_byte_and_nothing_else_then_migrates(project, backups):
     add_notes(project, "in the archive")
-    archive, _, notes = backup(project, backups)
+    archive, _, notes = project.backup(backups)
     before = harness.every_note(project.url)
     add_notes(project, "written after the backup")
     psql(project, "DELETE FROM notes WHERE id = (SELECT min(id) FROM notes)")
@@ -69,48 +69,39 @@ def test_restore_brings_back_every_note_byte_for_byte_and_nothing_else_then_migr
     assert created.json()["id"] > max(note["id"] for note in before)
 
 
-def refused(result):
-    """The one line `make restore` said, after checking that it failed with it and that make added only its own."""
-    assert result.returncode != 0, result.stdout
-    line, *rest = result.stderr.splitlines()
-    assert all(extra.startswith("make: *** ") for extra in rest), result.stderr
-    return line
-
-
 @pytest.mark.parametrize("keep", [0, 4, 5, 200, 1 / 3, 2 / 3, -2, -1])
-def test_a_truncated_archive_is_refused_with_one_line_and_the_notes_stay(project, backups, keep):
-    archive, size, _ = backup(project, backups)
-    cut = backups / "cut.dump"
-    cut.write_bytes(archive.read_bytes()[:int(keep * size) if isinstance(keep, float) else keep])
+def test_a_truncated_archive_is_refused_with_one_line_and_the_notes_stay(project, archive, tmp_path, keep):
+    whole, size, _ = archive
+    cut = tmp_path / "cut.dump"
+    cut.write_bytes(whole.read_bytes()[:int(keep * size) if isinstance(keep, float) else keep])
     before = harness.every_note(project.url)
-    line = refused(project.make("restore", f"FILE={cut}", "FORCE=1", check=False))
+    line = one_line_error(project.make("restore", f"FILE={cut}", "FORCE=1", check=False))
     assert line.startswith(f"error: {cut} is not a whole pg_dump archive") and "nothing was changed" in line
     assert harness.every_note(project.url) == before
 
 
 def test_a_foreign_file_is_refused_with_one_line_and_the_notes_stay(project, backups):
     backups.mkdir()
-    # A real archive, of another database: binary output, so not through Project.run's text.
-    other = subprocess.run(["docker", "compose", "exec", "-T", "db", "sh", "-c",
+    # A real archive, of another database: binary output.
+    other = project.compose("exec", "-T", "db", "sh", "-c",
                             "createdb --username=notes other && psql --quiet --username=notes --dbname=other "
                             "-c 'CREATE TABLE t (x int)' && pg_dump --username=notes --dbname=other --format=custom; "
-                            "dropdb --username=notes other"],
-                           cwd=REPOSITORY, env=project.environment, capture_output=True, check=True).stdout
+                            "dropdb --username=notes other", text=False).stdout
     foreign = {"plain.sql": b"SELECT 1;\n", "random.bin": os.urandom(4096), "empty.dump": b"",
                "other-database.dump": other}
     before = harness.every_note(project.url)
     for name, content in foreign.items():
         path = backups / name
         path.write_bytes(content)
-        line = refused(project.make("restore", f"FILE={path}", "FORCE=1", check=False))
+        line = one_line_error(project.make("restore", f"FILE={path}", "FORCE=1", check=False))
         assert line.startswith(f"error: {path} ") and "nothing was changed" in line, line
     assert "without the notes table" in line  # the last: a real archive, of another database
     assert harness.every_note(project.url) == before
 
 
 @pytest.mark.parametrize("answer", ["n\n", "\n", ""])
-def test_restore_answered_no_or_not_at_all_restores_nothing(project, backups, answer):
-    archive, _, notes = backup(project, backups)
+def test_restore_answered_no_or_not_at_all_restores_nothing(project, archive, answer):
+    archive, _, notes = archive
     add_notes(project, "kept, since the answer was no")
     before = harness.every_note(project.url)
     result = project.make("restore", f"FILE={archive}", answer=answer)
@@ -119,8 +110,8 @@ def test_restore_answered_no_or_not_at_all_restores_nothing(project, backups, an
 
 
 def test_restore_of_a_file_that_is_not_there_names_the_newest_archive(project, backups):
-    archive, _, _ = backup(project, backups)
-    line = refused(project.make("restore", f"BACKUP_DIR={backups}", f"FILE={backups}/gone.dump", check=False))
+    archive, _, _ = project.backup(backups)
+    line = one_line_error(project.make("restore", f"BACKUP_DIR={backups}", f"FILE={backups}/gone.dump", check=False))
     assert line == f"error: {backups}/gone.dump is not a file: name an archive, e.g. make restore FILE={archive}"
 
 

@@ -6,7 +6,6 @@ import os
 import re
 import socket
 import subprocess
-import sys
 import time
 
 import harness
@@ -16,10 +15,10 @@ from conftest import (
     APP_VARIABLES,
     GRACEFUL_TIMEOUT,
     PLANTED_SECRET,
-    REPOSITORY,
     VARIANTS,
     exported_files,
     metric_value,
+    migrate_from_source,
     scrape,
     wait_until,
 )
@@ -44,8 +43,7 @@ def database(network):
     with harness.postgres(network, password=DB_PASSWORD) as container:
         host_url = f"postgresql://notes@127.0.0.1:{container.get_exposed_port(5432)}/notes"
         environment = {name: value for name, value in os.environ.items() if name not in APP_VARIABLES}
-        subprocess.run([sys.executable, "-m", "flask", "--app", "app", "migrate"], cwd=REPOSITORY, check=True,
-                       env={**environment, "DATABASE_URL": host_url, "DATABASE_PASSWORD": DB_PASSWORD})
+        migrate_from_source({**environment, "DATABASE_URL": host_url, "DATABASE_PASSWORD": DB_PASSWORD})
         yield container
 
 

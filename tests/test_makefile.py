@@ -8,28 +8,14 @@ import time
 import uuid
 
 import pytest
-from conftest import REPOSITORY, copy_repository, free_port, wait_until
+from conftest import REPOSITORY, copy_repository, free_port, one_line_error, wait_until
+from harness import learner_environment
 from project import DEFAULT_VARIANT, IMAGE, VARIANTS
-
-# What a `make test` run hands down to its children; a learner's shell has none of it.
-INHERITED = {"MAKELEVEL", "MAKEFLAGS", "MFLAGS", "IMAGE", "VARIANT", "WEB_PORT"}
-
-
-def learner_environment(env=None):
-    return {name: value for name, value in (env or os.environ).items() if name not in INHERITED}
 
 
 def make(*arguments, answer=None, env=None, cwd=REPOSITORY, timeout=60):
     return subprocess.run(["make", "--no-print-directory", *arguments], cwd=cwd, input=answer,
                           capture_output=True, text=True, timeout=timeout, env=learner_environment(env))
-
-
-def one_line_error(result):
-    """The one line that names the fix; make may add its own `*** ... Error 1` after it."""
-    assert result.returncode != 0, result.stdout
-    line, *rest = result.stderr.splitlines()
-    assert all(extra.startswith("make: *** ") for extra in rest), result.stderr
-    return line
 
 
 @pytest.mark.parametrize("variant", ["alpine", "Distroless", "slim,distroless"])

@@ -2,9 +2,6 @@
 whatever clients send, failures counted with their status, and a real Prometheus in Compose scraping web."""
 
 import concurrent.futures
-import os
-import subprocess
-import sys
 import urllib.error
 import urllib.request
 import uuid
@@ -12,7 +9,7 @@ import uuid
 import harness
 import pytest
 import requests
-from conftest import REPOSITORY, free_port, gunicorn_server, scrape, wait_until
+from conftest import free_port, gunicorn_server, migrate_from_source, scrape, wait_until
 from conftest import metric_value as value
 
 
@@ -101,8 +98,7 @@ def test_a_503_during_a_database_outage_is_counted_with_its_status(app_environme
     with harness.postgres(port=free_port(), password="outage-password") as db:
         url = f"postgresql://notes@127.0.0.1:{db.get_exposed_port(5432)}/notes"
         environment = {**app_environment, "DATABASE_URL": url, "DATABASE_PASSWORD": "outage-password"}
-        subprocess.run([sys.executable, "-m", "flask", "--app", "app", "migrate"], env=environment, cwd=REPOSITORY,
-                       check=True)
+        migrate_from_source(environment)
         with gunicorn_server(environment, tmp_path) as served:
             assert requests.post(served["url"] + "/api/notes", json={"text": "before"}, timeout=10).status_code == 201
             db.get_wrapped_container().stop()
@@ -116,29 +112,19 @@ def test_a_503_during_a_database_outage_is_counted_with_its_status(app_environme
 
 
 @pytest.mark.docker
-def test_prometheus_in_compose_scrapes_web_and_reports_its_requests(images, tmp_path, monkeypatch):
+def test_prometheus_in_compose_scrapes_web_and_reports_its_requests(images):
     """`COMPOSE_PROFILES=observability`: the real Prometheus (or its stand-in), asked through its HTTP API."""
-    web_port, prometheus_port = free_port(), free_port()
-    for name, setting in harness.compose_environment(images["slim"], harness.write_password_file(tmp_path),
-                                                     web_port).items():
-        monkeypatch.setenv(name, setting)
-    monkeypatch.setenv("PROMETHEUS_PORT", str(prometheus_port))
-    compose = ["docker", "compose", "--profile", "observability"]
-    prometheus = f"http://127.0.0.1:{prometheus_port}"
+    prometheus = f"http://127.0.0.1:{free_port()}"
 
     def query(expression):
         answer = requests.get(f"{prometheus}/api/v1/query", params={"query": expression}, timeout=5).json()
         return [float(result["value"][1]) for result in answer["data"]["result"]]
 
-    with harness.tagged(images["slim"], harness.stack_image(os.environ)):
-        try:
-            subprocess.run([*compose, "up", "--detach", "--wait", "--wait-timeout", "120", "--no-build"],
-                           cwd=REPOSITORY, check=True, capture_output=True)
-            for _ in range(25):
-                assert requests.get(f"http://127.0.0.1:{web_port}/", timeout=5).status_code == 200
-            assert wait_until(lambda: query('up{job="web"}') == [1.0], 30, "web's target up in Prometheus")
-            counted = wait_until(lambda: query('sum(http_requests_total{route="/", status="200"})'), 30,
-                                 "GET / counted in Prometheus")
-            assert counted[0] >= 25
-        finally:
-            subprocess.run([*compose, "down", "--volumes"], cwd=REPOSITORY, capture_output=True)
+    with harness.compose_project(images["slim"], COMPOSE_PROFILES="observability",
+                                 PROMETHEUS_PORT=prometheus.rsplit(":", 1)[1]) as project:
+        for _ in range(25):
+            assert requests.get(f"{project.url}/", timeout=5).status_code == 200
+        assert wait_until(lambda: query('up{job="web"}') == [1.0], 30, "web's target up in Prometheus")
+        counted = wait_until(lambda: query('sum(http_requests_total{route="/", status="200"})'), 30,
+                             "GET / counted in Prometheus")
+        assert counted[0] >= 25

@@ -10,6 +10,7 @@ import sys
 import pytest
 import yaml
 from conftest import REPOSITORY, copy_repository, gunicorn_default, gunicorn_setting
+from harness import learner_environment
 from project import (
     BASE_VARIABLES,
     DATABASE_URL,
@@ -100,8 +101,7 @@ def test_make_reads_the_base_images_from_their_one_file_and_the_environment_or_a
         assert re.findall(rf"^{name} \?= (\S+)$", base_images.read_text(), re.M) == [make_default(name)]
         assert not re.search(rf"^{name} [?:]?=", (copy / "Makefile").read_text(), re.M), name
     # As a team runs make: without the values `make test` exports, nor this machine's .ci/airgap.mk.
-    env = {key: value for key, value in os.environ.items()
-           if key not in {*BASE_VARIABLES, "MAKELEVEL", "MAKEFLAGS", "MFLAGS"}}
+    env = {key: value for key, value in learner_environment().items() if key not in BASE_VARIABLES}
     assert print_base_images(copy, env) == {name: make_default(name) for name in BASE_VARIABLES}
     base_images.write_text(base_images.read_text().replace(
         f"PYTHON_IMAGE ?= {make_default('PYTHON_IMAGE')}", "PYTHON_IMAGE ?= example.test/python:3.13-slim-trixie"))
@@ -241,7 +241,7 @@ def test_the_readmes_template_rename_keeps_the_fast_checks_green(tmp_path):
         ["tests/test_compose.py", "-k", "read_only or dockerfile or graceful"],
     ]
     # As a team runs them, not with the IMAGE that `make test` exports to its children.
-    env = {name: value for name, value in os.environ.items() if name not in {"IMAGE", "MAKELEVEL", "MAKEFLAGS"}}
+    env = learner_environment()
     for selection in fast:
         result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *selection],
                                 cwd=copy, capture_output=True, text=True, timeout=600, env=env)

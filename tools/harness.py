@@ -11,6 +11,7 @@ import itertools
 import json
 import os
 import platform
+import re
 import socket
 import subprocess
 import tarfile
@@ -142,10 +143,10 @@ def machine():
             f"Docker Engine {engine}")
 
 
-def revision(root):
-    """The commit checked out in `root`, and whether the working tree differs from it."""
+def revision():
+    """The commit checked out, and whether the working tree differs from it."""
     def git(*arguments):
-        return subprocess.run(["git", *arguments], cwd=root, check=True, capture_output=True, text=True).stdout.strip()
+        return subprocess.run(["git", *arguments], cwd=ROOT, check=True, capture_output=True, text=True).stdout.strip()
 
     return git("rev-parse", "--short", "HEAD") + (" with uncommitted changes" if git("status", "--porcelain") else "")
 
@@ -264,8 +265,14 @@ def tagged(image, tag):
         subprocess.run(["docker", "image", "rm", tag], capture_output=True)
 
 
-# What a `make drills` run hands down to its children; a make started here must read only the project's variables.
-MAKE_VARIABLES = {"MAKELEVEL", "MAKEFLAGS", "MFLAGS"}
+# What a `make test` or `make drills` run hands down to its children; a learner's shell has none of it.
+INHERITED = {"MAKELEVEL", "MAKEFLAGS", "MFLAGS", "IMAGE", "VARIANT", "WEB_PORT"}
+
+
+def learner_environment(env=None):
+    """`env` (this process's environment) without what a make above this one set: make then reads only the
+    project's own variables, as in a learner's shell."""
+    return {name: value for name, value in (env or os.environ).items() if name not in INHERITED}
 
 
 @dataclass
@@ -278,9 +285,9 @@ class Project:
     environment: dict
     url: str
 
-    def run(self, *command, check=True, answer=None, timeout=180):
+    def run(self, *command, check=True, answer=None, timeout=180, text=True):
         """`command` in the repository, in this project; with check, a non-zero exit raises, naming what it said."""
-        done = subprocess.run(command, cwd=ROOT, env=self.environment, input=answer, capture_output=True, text=True,
+        done = subprocess.run(command, cwd=ROOT, env=self.environment, input=answer, capture_output=True, text=text,
                               timeout=timeout)
         if check and done.returncode:
             raise RuntimeError(f"{' '.join(command)}: exit {done.returncode}\n{done.stdout}\n{done.stderr}")
@@ -292,19 +299,25 @@ class Project:
     def make(self, *arguments, **options):
         return self.run("make", "--no-print-directory", *arguments, **options)
 
+    def backup(self, directory):
+        """`make backup` into `directory`: the archive's path, its size in bytes and the notes it holds, as it said."""
+        said = self.make("backup", f"BACKUP_DIR={directory}").stdout
+        path, size, notes = re.fullmatch(r"(\S+): ([\d,]+) bytes, (\d+) notes\n", said).groups()
+        return Path(directory, os.path.basename(path)), int(size.replace(",", "")), int(notes)
+
     def up(self):
         # --no-build: the drill runs the image `make build` made, never one it builds itself.
         self.compose("up", "--detach", "--wait", "--wait-timeout", "120", "--no-build")
 
 
 @contextmanager
-def compose_project(image):
+def compose_project(image, **variables):
     """compose.yaml up (`--wait`) with web and migrate on `image`, under a project name, WEB_PORT and password file
-    of its own; `down --volumes` after."""
+    of its own, and any other `variables` Compose reads (COMPOSE_PROFILES, say); `down --volumes` after."""
     with tempfile.TemporaryDirectory() as scratch:
         port = free_port()
-        inherited = {name: value for name, value in os.environ.items() if name not in MAKE_VARIABLES}
-        environment = {**inherited, **compose_environment(image, write_password_file(scratch), port)}
+        environment = {**learner_environment(), **compose_environment(image, write_password_file(scratch), port),
+                       **variables}
         project = Project(environment, f"http://127.0.0.1:{port}")
         with tagged(image, stack_image(environment)):
             try:

@@ -42,14 +42,13 @@ from harness import (
     wait_for_time_wait,
     wait_until,
 )
-from project import base_image
+from project import ROOT, base_image
 from testcontainers.core.container import DockerContainer
 from testcontainers.core.network import Network
 
 import app
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
 DEADLINE = time.monotonic() + 1500
 CONNECTIONS = 64
 LOAD_SECONDS = 10
@@ -73,6 +72,11 @@ class Variant:
     edit: tuple | None = None
     # For a setting's variant: the slim image itself, run with these variables set.
     environment: dict = field(default_factory=dict)
+
+    @property
+    def reuses_slim(self):
+        """A setting's variant: it runs the slim image as it is, with no image of its own."""
+        return bool(self.environment) and not self.edit
 
 
 SERVICE_FILES = (".dockerignore", "app.py", "gunicorn.conf.py", "requirements.txt")
@@ -129,21 +133,19 @@ def build(variant, scratch):
 
     A variant with an edit is built once, from the cache, with its one change, and a setting's variant runs the
     slim image as it is: no times for either."""
-    # A setting's variant runs the image of the variant its name starts with.
-    name = variant.name if variant.edit else variant.name.split(",")[0]
-    tag = "notes-bench:" + re.sub(r"[^a-z0-9]+", "-", name).strip("-")
-    if variant.environment and not variant.edit:
-        return None, None, tag
+    if variant.reuses_slim:
+        return None, None, "notes-bench:slim"
+    tag = "notes-bench:" + re.sub(r"[^a-z0-9]+", "-", variant.name).strip("-")
     context = scratch / tag.split(":")[1]
     context.mkdir()
-    for name in variant.files:
-        shutil.copy(variant.context / name, context / name)
+    for file in variant.files:
+        shutil.copy(variant.context / file, context / file)
     if variant.edit:
-        name, old, new = variant.edit
-        text = (context / name).read_text()
+        file, old, new = variant.edit
+        text = (context / file).read_text()
         if text.count(old) != 1:
-            sys.exit(f"bench: {name} no longer has one {old!r} to replace")
-        (context / name).write_text(text.replace(old, new))
+            sys.exit(f"bench: {file} no longer has one {old!r} to replace")
+        (context / file).write_text(text.replace(old, new))
         timed_build(context, variant.dockerfile, tag, timeout=remaining())
         return None, None, tag
     cold, rebuild = cold_and_rebuild(context, variant.dockerfile, tag, timeout=remaining())
@@ -188,7 +190,7 @@ def prepare(variant, network, scratch, cleanup):
     """Builds the variant and starts it STARTS times; the last container stays up, idle, for the load rounds."""
     print(f"bench: {variant.name}: building, then starting {STARTS} times", file=sys.stderr)
     cold, rebuild, image = build(variant, scratch)
-    if variant.edit or not variant.environment:  # else the image is slim's, removed with it
+    if not variant.reuses_slim:  # else the image is slim's, removed with it
         cleanup.callback(run, "docker", "image", "rm", image, timeout=60)
     if variant.database:
         migrate(image, network)  # a no-op once the schema is there
@@ -325,13 +327,9 @@ def metrics_cost(results):
             f"{uncounted['p99_ms']:.1f} ms.")
 
 
-def machine_and_wrk():
-    wrk = subprocess.run(["wrk", "--version"], capture_output=True, text=True).stdout.split()[1]
-    return f"{machine()}, wrk {wrk}"
-
-
 def report(results, database, started, load_before):
     images, loads, shares, ratios = tables(results, database)
+    wrk = subprocess.run(["wrk", "--version"], capture_output=True, text=True).stdout.split()[1]
     bases = ", ".join(f"{name}={value}" for name, value in {**BASES, "POSTGRES_IMAGE": POSTGRES_IMAGE}.items())
     return f"""# Benchmarks
 
@@ -340,8 +338,8 @@ editing this file.
 Figures from one machine: compare rows with each other, not with another machine's.
 
 - Date: {started:%Y-%m-%d %H:%M} UTC
-- Revision: {revision(ROOT)}
-- Machine: {machine_and_wrk()}
+- Revision: {revision()}
+- Machine: {machine()}, wrk {wrk}
 - Load average (1 min) as the run began: {load_before:.2f}; above {os.cpu_count()}, other work shared the cores
 - Base images: {bases}
 
