@@ -50,6 +50,13 @@ def test_every_request_is_counted_once_whichever_worker_answered_it(server):
     assert value(after, "http_request_duration_seconds_count", route="/") - before == requests_sent
 
 
+def test_a_restarted_server_counts_from_zero_not_from_an_earlier_runs_files(app_environment, tmp_path):
+    for run in range(2):  # the same metrics folder both times, as a container's /tmp across gunicorn restarts
+        with gunicorn_server(app_environment, tmp_path) as served:
+            assert [get(served["url"] + "/") for _ in range(5)] == [200] * 5
+            assert value(scrape(served["metrics"]), "http_requests_total", route="/") == 5, f"run {run + 1}"
+
+
 def test_the_route_label_is_the_url_rule_never_the_path(server):
     ids = ("123456789", "987654321")
     for note_id in ids:
