@@ -37,7 +37,28 @@ def test_every_component_is_a_kustomize_component_with_an_example_in_the_readme(
 
 def test_the_components_are_the_ones_these_tests_know():
     # A new component still gets every gate of tests/test_k8s.py; this names the ones with checks of their own.
-    assert {"http-route", "service-monitor", "user-namespaces", "user-namespaces-db"} <= set(COMPONENTS)
+    assert {"backup", "http-route", "service-monitor", "user-namespaces", "user-namespaces-db"} <= set(COMPONENTS)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# backup: a nightly pg_dump, which may reach the database and DNS only
+
+
+def test_with_the_backup_its_pod_reaches_the_database_and_every_dns_resolver_web_does_and_nothing_else():
+    manifests = render("backup")
+    backup = Peer("notes", {"app.kubernetes.io/name": "db-backup"})
+    # The labels the policies select must be the pod's, or this would test them against nobody.
+    assert pod_template(find(manifests, "CronJob", "db-backup"))["metadata"]["labels"] == backup.labels
+    assert connection_allowed(manifests, backup, Peer("notes", {"app.kubernetes.io/name": "db"}), 5432)
+    for protocol in ("UDP", "TCP"):
+        assert connection_allowed(manifests, backup, Peer("kube-system", {"k8s-app": "kube-dns"}), 53, protocol)
+    # NodeLocal DNSCache, on the node: no pod selector matches it.
+    assert connection_allowed(manifests, backup, Peer(None, {}, address="169.254.20.10"), 53, "UDP")
+    internet = Peer(None, {}, address="203.0.113.53")
+    assert not connection_allowed(manifests, backup, internet, 443)
+    assert not connection_allowed(manifests, backup, internet, 53, "UDP")
+    assert not connection_allowed(manifests, backup, Peer("notes", {"app.kubernetes.io/name": "web"}), 8000)
+    assert not connection_allowed(manifests, Peer("notes", {"app.kubernetes.io/name": "web"}), backup, 5432)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -122,6 +122,9 @@ def test_the_postgres_and_prometheus_images_are_the_makefiles_in_compose_and_k8s
     for variable in ("POSTGRES_IMAGE", "PROMETHEUS_IMAGE"):
         assert f"image: ${{{variable}:-{make_default(variable)}}}" in COMPOSE_TEXT, variable
     assert [c["image"] for c in containers(k8s_base("db-statefulset.yaml"))] == [make_default("POSTGRES_IMAGE")]
+    # The backup's pg_dump is the server's own: the same image.
+    backup = yaml.safe_load((K8S / "components" / "backup" / "db-backup-cronjob.yaml").read_text())
+    assert [c["image"] for c in containers(backup["spec"]["jobTemplate"])] == [make_default("POSTGRES_IMAGE")]
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -186,6 +189,7 @@ def test_renovate_pins_each_base_image_in_every_place_that_must_agree_and_the_pi
                    for reference in re.findall(r"^ARG \w+_IMAGE=(\S+)$", path.read_text(), re.M)}
     must_agree |= {("compose.yaml", make_default("POSTGRES_IMAGE")),
                    ("k8s/base/db-statefulset.yaml", make_default("POSTGRES_IMAGE")),
+                   ("k8s/components/backup/db-backup-cronjob.yaml", make_default("POSTGRES_IMAGE")),
                    ("tools/base-images.mk", make_default("PROMETHEUS_IMAGE")),
                    ("compose.yaml", make_default("PROMETHEUS_IMAGE"))}
     assert must_agree <= {(name, reference) for name, reference, _ in found}
