@@ -221,7 +221,7 @@ $(DB_PASSWORD_FILE):
 	@umask 022 && python3 -c 'import secrets; print(secrets.token_urlsafe(32))' > $@
 	@echo "created $@: a random password, ignored by git"
 
-k8s-validate: $(VENV)/.installed $(VENV)/scan/.installed $(VENV)/checkov/bin/checkov ## render both Kubernetes overlays, alone and with each component, and check them offline: schemas, restricted profile, checkov
+k8s-validate: $(VENV)/.installed $(VENV)/scan/.installed $(VENV)/checkov/bin/checkov ## render both Kubernetes overlays, and the default one with each component, and check them offline: schemas, restricted profile, checkov
 	$(PYTEST) tests/test_k8s.py tests/test_k8s_components.py tests/test_k8s_docker.py tests/test_kube.py \
 	  tests/test_kind.py -m "not docker and not kind"
 	$(TOOLS_PATH) $(VENV)/scan/bin/python tools/scan/scan.py --only checkov

@@ -1,21 +1,22 @@
 """Shared fixtures: a real PostgreSQL from testcontainers, and the app wired to it."""
 
+import functools
 import os
 import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
 import docker
 import harness
+import project
 import pytest
 import yaml
 from harness import answers, exported_files, free_port, wait_until  # noqa: F401  (the tests' too)
-from project import IMAGE, POSTGRES_IMAGE, VARIANTS, components, overlay_with_components  # noqa: F401
+from project import DEFAULT_VARIANT, IMAGE, POSTGRES_IMAGE, VARIANTS, components  # noqa: F401
 from prometheus_client.parser import text_string_to_metric_families
 
 REPOSITORY = Path(__file__).resolve().parent.parent
@@ -208,26 +209,17 @@ def images(tmp_path_factory):
 # The Kubernetes manifests, rendered
 
 
-def kustomize_build(directory: Path) -> str:
-    if shutil.which("kubectl"):
-        command = ["kubectl", "kustomize", str(directory)]
-    elif shutil.which("kustomize"):
-        command = ["kustomize", "build", str(directory)]
-    else:
-        pytest.skip("neither kubectl nor kustomize is on PATH: the manifests cannot be rendered")
-    result = subprocess.run(command, capture_output=True, text=True)
-    assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stderr}"
-    return result.stdout
-
-
 # Every optional kustomize component in k8s/components/, each added to an overlay by a user's own kustomization.
 COMPONENTS = components()
 
 
-def kustomize_with_components(overlay: str, added: list[str]) -> str:
-    """An overlay with components added, as k8s/README.md shows, rendered."""
-    with tempfile.TemporaryDirectory() as scratch:
-        return kustomize_build(overlay_with_components(overlay, added, scratch))
+@functools.cache
+def render(overlay: str, added: tuple[str, ...] = ()) -> str:
+    """An overlay with components added, as k8s/README.md shows, rendered once per session (tools/project.py)."""
+    try:
+        return project.render(overlay, added)
+    except project.RendererMissing:
+        pytest.skip("neither kubectl nor kustomize is on PATH: the manifests cannot be rendered")
 
 
 @pytest.fixture(scope="module", params=VARIANTS)
@@ -238,7 +230,7 @@ def overlay(request) -> str:
 
 @pytest.fixture(scope="module")
 def rendered(overlay) -> str:
-    return kustomize_build(REPOSITORY / "k8s" / "overlays" / overlay)
+    return render(overlay)
 
 
 @pytest.fixture(scope="module")
@@ -246,14 +238,14 @@ def manifests(rendered) -> list[dict]:
     return [doc for doc in yaml.safe_load_all(rendered) if doc]
 
 
-@pytest.fixture(scope="module", params=[*VARIANTS, *(f"{VARIANTS[0]}+{component}" for component in COMPONENTS)])
+@pytest.fixture(scope="module", params=[*((variant, ()) for variant in VARIANTS),
+                                        *((DEFAULT_VARIANT, (component,)) for component in COMPONENTS)],
+                ids=lambda rendering: "+".join([rendering[0], *rendering[1]]))
 def every_rendering(request) -> list[dict]:
     """What a user can apply: each overlay alone, and the default one with each component (tests/test_k8s.py's
     gates); the overlays differ only in the image tag."""
-    overlay, *components = request.param.split("+")
-    return [doc for doc in yaml.safe_load_all(kustomize_with_components(overlay, components)) if doc]
-
-
+    overlay, added = request.param
+    return [doc for doc in yaml.safe_load_all(render(overlay, added)) if doc]
 
 
 def pytest_configure(config):
@@ -261,3 +253,4 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "docker: needs a Docker engine and the built images")
     config.addinivalue_line("markers", "slow: drills against real containers, minutes in all (tests/test_drills.py)")
     config.addinivalue_line("markers", "kind: needs a kind cluster named by KIND_CLUSTER (tests/test_kind.py)")
+    config.addinivalue_line("markers", "nested: runs pytest itself in a copy of the repository")

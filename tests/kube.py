@@ -6,6 +6,8 @@ checks each on small hand-made inputs.
 - restricted_profile_violations: the Pod Security Standards restricted profile, as the namespace's admission
   controller applies it (https://kubernetes.io/docs/concepts/security/pod-security-standards/).
 - connection_allowed: whether the NetworkPolicies let one pod reach another, or an address, on a port.
+- fewest_replicas, evictions_allowed: how many pods a workload keeps, and how many a drain may evict under a budget.
+- immutable_references: generated names and image tags in fields Kubernetes refuses to change.
 - docker_run: a workload's pod spec as `docker run` options, so that Docker can run the image as the cluster would.
 
 Hand-written because no library on PyPI evaluates these offline: kubernetes-validate checks schemas only, and
@@ -16,6 +18,9 @@ import base64
 import ipaddress
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+
+import yaml
+from project import IMAGE
 
 
 def named(doc: dict) -> str:
@@ -233,6 +238,38 @@ def connection_allowed(manifests, source: Peer, destination: Peer, port: int, pr
     ingress = destination.namespace is None or direction_allows(
         manifests, "Ingress", destination, source, port, protocol)
     return egress and ingress
+
+
+def fewest_replicas(manifests: list[dict], workload: dict) -> int:
+    """The fewest pods a workload runs: its autoscaler's minimum, else its replicas (1 when unset)."""
+    for autoscaler in (doc for doc in manifests if doc["kind"] == "HorizontalPodAutoscaler"):
+        if autoscaler["spec"]["scaleTargetRef"]["name"] == workload["metadata"]["name"]:
+            return autoscaler["spec"].get("minReplicas", 1)
+    return workload["spec"].get("replicas", 1)
+
+
+def evictions_allowed(budget: dict, replicas: int) -> int:
+    """How many of `replicas` healthy pods a drain may evict at once under this budget (integer budgets)."""
+    if "maxUnavailable" in budget["spec"]:
+        return budget["spec"]["maxUnavailable"]
+    return replicas - budget["spec"]["minAvailable"]
+
+
+def immutable_references(manifests: list[dict]) -> list[str]:
+    """Generated names (kustomize's hashed ConfigMaps and Secrets) and image tags held in fields Kubernetes refuses
+    to change: a Job's pod template, a StatefulSet's selector and claim templates. The next `kubectl apply` after a
+    configuration change, a password rotation or an overlay switch would fail on them with `field is immutable`."""
+    generated = {doc["metadata"]["name"] for doc in manifests if doc["kind"] in {"ConfigMap", "Secret"}}
+    fields = [(named(doc), doc["spec"]["template"]) for doc in manifests if doc["kind"] == "Job"]
+    fields += [(named(doc), [doc["spec"]["selector"], doc["spec"].get("volumeClaimTemplates", [])])
+               for doc in manifests if doc["kind"] == "StatefulSet"]
+    found = []
+    for where, value in fields:
+        text = yaml.safe_dump(value)
+        found += [f"{where} names {name}" for name in sorted(generated) if name in text]
+        if f"image: {IMAGE}" in text:
+            found.append(f"{where} names the image {IMAGE}")
+    return found
 
 
 @dataclass

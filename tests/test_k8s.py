@@ -12,19 +12,23 @@ runs the images as the cluster would) live in tests/kube.py.
 """
 
 import copy
+import functools
+import json
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
 import kubernetes_validate
 import pytest
-import yaml
-from conftest import GRACEFUL_TIMEOUT, kustomize_build
+from conftest import GRACEFUL_TIMEOUT, render
 from kube import (
     Peer,
     all_containers,
     config_data,
     connection_allowed,
+    evictions_allowed,
+    fewest_replicas,
     find,
+    immutable_references,
     labels_match,
     named,
     parse_quantity,
@@ -55,18 +59,25 @@ YAMLLINT_CONFIG = YamlLintConfig("rules: {key-duplicates: enable}")
 def schema_errors(doc: dict, version: str) -> list[str]:
     """Strict validation against one Kubernetes version's OpenAPI schema; a missing schema is an error, except for
     the custom resources listed above."""
+    return list(_schema_errors(json.dumps(doc, sort_keys=True), version))
+
+
+@functools.cache
+def _schema_errors(doc_json: str, version: str) -> tuple[str, ...]:
+    """schema_errors, once per distinct object and version: every rendering repeats most of the base's objects."""
+    doc = json.loads(doc_json)
     if (doc["apiVersion"], doc["kind"]) in CUSTOM_RESOURCES:
-        return []
+        return ()
     try:
         validated_against = kubernetes_validate.validate(doc, version, strict=True)
     except kubernetes_validate.ValidationError as error:
         where = ".".join(str(part) for part in error.path) or "top level"
-        return [f"{named(doc)} fails the Kubernetes {version} schema at {where}: {error.message}"]
+        return (f"{named(doc)} fails the Kubernetes {version} schema at {where}: {error.message}",)
     except kubernetes_validate.SchemaNotFoundError as error:
-        return [f"{named(doc)}: {error.message}"]
+        return (f"{named(doc)}: {error.message}",)
     # kubernetes-validate falls back to an older schema when it lacks the version asked for.
     assert validated_against == version, f"{named(doc)} was validated against {validated_against}, not {version}"
-    return []
+    return ()
 
 
 def api_version_errors(doc: dict) -> list[str]:
@@ -113,7 +124,7 @@ def test_manifest_sources_have_no_duplicate_keys():
 
 
 def test_overlays_differ_only_in_the_web_image():
-    rendered = {variant: kustomize_build(K8S / "overlays" / variant) for variant in VARIANTS}
+    rendered = {variant: render(variant) for variant in VARIANTS}
     default = rendered[DEFAULT_VARIANT]
     assert default.count(f"image: {IMAGE}:{DEFAULT_VARIANT}") == 2  # web and its migrate init container
     for variant, text in rendered.items():
@@ -334,27 +345,6 @@ def test_database_url_names_the_db_service_user_and_database_without_a_password(
     assert (url.username, url.path.lstrip("/")) == (postgres["POSTGRES_USER"], postgres["POSTGRES_DB"])
 
 
-def fewest_replicas(manifests: list[dict], workload: dict) -> int:
-    """The fewest pods a workload runs: its autoscaler's minimum, else its replicas (1 when unset)."""
-    for autoscaler in (doc for doc in manifests if doc["kind"] == "HorizontalPodAutoscaler"):
-        if autoscaler["spec"]["scaleTargetRef"]["name"] == workload["metadata"]["name"]:
-            return autoscaler["spec"].get("minReplicas", 1)
-    return workload["spec"].get("replicas", 1)
-
-
-def evictions_allowed(budget: dict, replicas: int) -> int:
-    """How many of `replicas` healthy pods a drain may evict at once under this budget (integer budgets)."""
-    if "maxUnavailable" in budget["spec"]:
-        return budget["spec"]["maxUnavailable"]
-    return replicas - budget["spec"]["minAvailable"]
-
-
-def test_evictions_allowed_reads_both_kinds_of_budget():
-    assert evictions_allowed({"spec": {"minAvailable": 1}}, 1) == 0  # the one-replica budget that blocks drains
-    assert evictions_allowed({"spec": {"minAvailable": 1}}, 2) == 1
-    assert evictions_allowed({"spec": {"maxUnavailable": 1}}, 1) == 1
-
-
 def test_every_pdb_lets_a_drain_evict_a_pod_and_let_unhealthy_ones_go(every_rendering):
     # A budget no eviction can satisfy blocks `kubectl drain` and managed node-group upgrades for good.
     for budget in (doc for doc in every_rendering if doc["kind"] == "PodDisruptionBudget"):
@@ -487,23 +477,6 @@ def test_each_web_pod_migrates_before_it_serves_with_its_own_image_configuration
     web_env = {variable["name"]: variable for variable in web["env"]}
     assert all(web_env[variable["name"]] == variable for variable in migrate["env"])
     assert {"DATABASE_URL", "DATABASE_PASSWORD_FILE"} <= {variable["name"] for variable in migrate["env"]}
-
-
-def immutable_references(manifests: list[dict]) -> list[str]:
-    """Generated names (kustomize's hashed ConfigMaps and Secrets) and image tags held in fields Kubernetes refuses
-    to change: a Job's pod template, a StatefulSet's selector and claim templates. The next `kubectl apply` after a
-    configuration change, a password rotation or an overlay switch would fail on them with `field is immutable`."""
-    generated = {doc["metadata"]["name"] for doc in manifests if doc["kind"] in {"ConfigMap", "Secret"}}
-    fields = [(named(doc), doc["spec"]["template"]) for doc in manifests if doc["kind"] == "Job"]
-    fields += [(named(doc), [doc["spec"]["selector"], doc["spec"].get("volumeClaimTemplates", [])])
-               for doc in manifests if doc["kind"] == "StatefulSet"]
-    found = []
-    for where, value in fields:
-        text = yaml.safe_dump(value)
-        found += [f"{where} names {name}" for name in sorted(generated) if name in text]
-        if f"image: {IMAGE}" in text:
-            found.append(f"{where} names the image {IMAGE}")
-    return found
 
 
 def test_no_immutable_field_names_a_generated_object_or_an_image_tag(every_rendering):

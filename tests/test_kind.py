@@ -67,13 +67,14 @@ def pods(label: str, namespace: str = NAMESPACE) -> list[dict]:
                               "-o", "json").stdout)["items"]
 
 
+def ready(pod: dict) -> bool:
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in pod["status"].get("conditions", []))
+
+
 def web_settled() -> bool:
     """Every web pod ready and none terminating: what a port-forward then reaches is the current ReplicaSet."""
     found = pods("web")
-    return bool(found) and all(
-        "deletionTimestamp" not in pod["metadata"] and any(
-            c["type"] == "Ready" and c["status"] == "True" for c in pod["status"].get("conditions", []))
-        for pod in found)
+    return bool(found) and all("deletionTimestamp" not in pod["metadata"] and ready(pod) for pod in found)
 
 
 def roll_out_web():
@@ -345,8 +346,7 @@ def test_deleting_the_database_pod_keeps_every_note(readme_run):
 
     def replaced_and_ready():
         [pod] = pods("db") or [None]
-        return pod and pod["metadata"]["uid"] != old_uid and any(
-            c["type"] == "Ready" and c["status"] == "True" for c in pod["status"].get("conditions", []))
+        return pod and pod["metadata"]["uid"] != old_uid and ready(pod)
 
     wait_until(replaced_and_ready, timeout=300, interval=1, what="a new, ready db-0")
     with port_forward() as base:
@@ -377,9 +377,8 @@ def test_switching_overlays_applies_and_runs_the_other_image_with_the_same_notes
     other = next(variant for variant in VARIANTS if variant != DEFAULT_VARIANT)
     with port_forward() as base:
         note = create_note(base, f"written before switching to {other} {uuid.uuid4()}")
-    applied = subprocess.run(["kubectl", f"--context=kind-{CLUSTER}", "apply", "-k", f"k8s/overlays/{other}"],
-                             cwd=REPOSITORY, capture_output=True, text=True, timeout=300)
-    assert applied.returncode == 0 and "Warning" not in applied.stderr, applied.stderr
+    applied = kubectl("apply", "-k", str(REPOSITORY / "k8s" / "overlays" / other), timeout=300)
+    assert "Warning" not in applied.stderr, applied.stderr
     roll_out_web()
     images = {container["image"] for pod in pods("web")
               for container in [*pod["spec"]["initContainers"], *pod["spec"]["containers"]]}

@@ -9,6 +9,7 @@ from kube import (
     Peer,
     connection_allowed,
     docker_run,
+    evictions_allowed,
     find,
     host_path,
     labels_match,
@@ -124,6 +125,12 @@ def test_an_ip_block_admits_addresses_in_its_range_but_not_its_exceptions_and_se
     assert connection_allowed([web_dns], WEB, ELSEWHERE, 53, "UDP")
     # An address outside every pod network is never a policy's subject: only the pod's own ingress rules decide.
     assert connection_allowed([web_dns], Peer(None, {}, address="203.0.113.53"), WEB, 8000)
+
+
+def test_evictions_allowed_reads_both_kinds_of_budget():
+    assert evictions_allowed({"spec": {"minAvailable": 1}}, 1) == 0  # the one-replica budget that blocks drains
+    assert evictions_allowed({"spec": {"minAvailable": 1}}, 2) == 1
+    assert evictions_allowed({"spec": {"maxUnavailable": 1}}, 1) == 1
 
 
 def test_find_knows_a_generated_configmap_by_the_name_before_its_hash():

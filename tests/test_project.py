@@ -174,6 +174,7 @@ def render(template, values):
     return rendered
 
 
+@pytest.mark.nested
 def test_renovate_pins_each_base_image_in_every_place_that_must_agree_and_the_pinned_copies_still_agree(tmp_path):
     assert (RENOVATE["enabledManagers"], RENOVATE["pinDigests"]) == (["custom.regex"], True)
     [manager] = RENOVATE["customManagers"]
@@ -207,7 +208,7 @@ def test_renovate_pins_each_base_image_in_every_place_that_must_agree_and_the_pi
         (name, PINNED_DIGEST) for name, _, _ in found}
     env = {name: value for name, value in os.environ.items() if name not in {*BASE_VARIABLES, "IMAGE"}}
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_project.py",
-                             "-k", "not renovate_pins and not template_rename"],
+                             "-m", "not nested"],
                             cwd=copy, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert make_default("POSTGRES_IMAGE", copy) == f"{make_default('POSTGRES_IMAGE').split('@')[0]}@{PINNED_DIGEST}"
@@ -235,12 +236,12 @@ def renamed_copy(destination):
     return copy
 
 
+@pytest.mark.nested
 def test_the_readmes_template_rename_keeps_the_fast_checks_green(tmp_path):
     copy = renamed_copy(tmp_path)
     fast = [
         # Everything about the manifests but running them, and the places that must agree.
-        ["tests/test_project.py", "tests/test_k8s.py", "tests/test_k8s_docker.py", "-m", "not docker", "-k",
-         "not template_rename and not renovate_pins"],
+        ["tests/test_project.py", "tests/test_k8s.py", "tests/test_k8s_docker.py", "-m", "not docker and not nested"],
         # What `docker compose config` makes of compose.yaml: needs the CLI, not an engine.
         ["tests/test_compose.py", "-k", "read_only or dockerfile or graceful"],
     ]

@@ -111,7 +111,6 @@ def publish_problems(workflow):
 def test_each_variant_is_built_by_one_step_per_run_from_its_dockerfile():
     assert shipping_builds(CI) == [("image", "Build once, for every platform, with an SBOM and provenance each")]
     matrix = CI["jobs"]["image"]["strategy"]["matrix"]
-    assert matrix["variant"] == list(VARIANTS)
     assert {row["variant"]: row["dockerfile"] for row in matrix["include"]} == {v: dockerfile(v) for v in VARIANTS}
     assert step_with_id(CI, "image", "build")["with"]["file"] == expression("matrix.dockerfile")
 

@@ -3,11 +3,14 @@
 Variants and the image name come from the Makefile, the base-image defaults from the file it includes for them
 (tools/base-images.mk); the database URL and the migrate command from compose.yaml. tests/test_project.py proves
 that every other place that must agree does: the CI matrix, the Kubernetes overlays and manifests, the Dockerfiles
-and the README.
+and the README. render() is how the tests and tools/scan render the Kubernetes manifests.
 """
 
 import os
 import re
+import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -80,3 +83,23 @@ def overlay_with_components(overlay, added, directory, root=ROOT):
         "components": [relative(f"components/{component}") for component in added],
     }))
     return Path(directory)
+
+
+class RendererMissing(RuntimeError):
+    """Neither kubectl nor kustomize is on PATH: nothing here can render the manifests."""
+
+
+def render(overlay, added=(), root=ROOT):
+    """The manifests of an overlay with components `added`, as `kubectl apply -k` would apply them: its text."""
+    if shutil.which("kubectl"):
+        command = ["kubectl", "kustomize"]
+    elif shutil.which("kustomize"):
+        command = ["kustomize", "build"]
+    else:
+        raise RendererMissing("neither kubectl nor kustomize is on PATH: install either to render k8s/")
+    with tempfile.TemporaryDirectory() as scratch:
+        result = subprocess.run([*command, str(overlay_with_components(overlay, added, scratch, root))],
+                                capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} of {'+'.join([overlay, *added])} failed:\n{result.stderr}")
+    return result.stdout

@@ -6,8 +6,9 @@ Usage: make scan, or
 
 For each variant (slim, distroless):
   hadolint         its Dockerfile, with .hadolint.yaml
-  checkov          its Dockerfile (checkov-dockerfile.yaml here), its rendered overlay, alone and with each optional
-                   component in k8s/components/ (checkov-k8s.yaml here)
+  checkov          its Dockerfile (checkov-dockerfile.yaml here), its rendered overlay (checkov-k8s.yaml here); the
+                   default variant's also with each optional component in k8s/components/, since the overlays
+                   differ only in the image tag (tests/test_k8s.py)
   yamllint         compose.yaml, k8s/base, its overlay and k8s/components, with .yamllint.yaml
   sbom             build/sbom/<variant>.cdx.json: the image's Python packages (cyclonedx-py) and Debian packages (dpkg)
   secrets          every layer of `docker save` and the image's history: kingfisher, tools/scan/secret-rules.yaml
@@ -33,7 +34,7 @@ from cyclonedx.schema import SchemaVersion
 from cyclonedx.validation.json import JsonStrictValidator
 from debian.deb822 import Deb822
 from packageurl import PackageURL
-from project import IMAGE, VARIANTS, components, dockerfile, overlay_with_components
+from project import DEFAULT_VARIANT, IMAGE, VARIANTS, components, dockerfile, render
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILES = {variant: dockerfile(variant) for variant in VARIANTS}
@@ -108,8 +109,10 @@ def checkov(root, check, targets, config, label):
     if not failed and not any(report.get("results", {}).get("passed_checks") for report in reports):
         # A file checkov could not parse yields no finding at all, which would read as a pass.
         return Result(check, "FAIL", None, label, f"checkov checked nothing in {', '.join(map(str, targets))}")
+    # Each finding names the file it is in: for manifests, the rendering (slim+backup.yaml: slim with the backup).
     report = [f"{found['check_id']} {found['check_name']}: {found['resource']} "
-              f"({label}, lines {'-'.join(map(str, found['file_line_range']))})" for found in failed]
+              f"({Path(found['file_path']).name}, lines {'-'.join(map(str, found['file_line_range']))})"
+              for found in failed]
     skipped = yaml.safe_load((root / config).read_text()).get("skip-check", [])
     detail = label + (f"; {config} skips {', '.join(skipped)}" if skipped else "")
     return passed_if(check, len(failed), detail, "\n".join(report))
@@ -121,22 +124,17 @@ def checkov_dockerfile(root, variant):
 
 
 def checkov_k8s(root, variant, workdir):
-    """The overlay rendered alone and with each optional component in k8s/components/, in one checkov run."""
+    """The overlay rendered alone and, for the default variant, with each optional component in k8s/components/, in
+    one checkov run."""
     overlay = f"k8s/overlays/{variant}"
-    added_ones = components(root)
+    added_ones = components(root) if variant == DEFAULT_VARIANT else ()
     targets = []
-    for added in [[], *([component] for component in added_ones)]:
-        rendered = workdir / "-".join([variant, *added, "k8s.yaml"])
-        rendered.write_text(kustomize(overlay_with_components(variant, added, tempfile.mkdtemp(dir=workdir), root)))
+    for added in [(), *((component,) for component in added_ones)]:
+        rendered = workdir / f"{'+'.join([variant, *added])}.yaml"
+        rendered.write_text(render(variant, added, root))
         targets.append(rendered)
     label = f"{overlay} rendered" + (f", alone and with each of {', '.join(added_ones)}" if added_ones else "")
     return checkov(root, "checkov k8s", targets, CHECKOV_K8S_CONFIG, label)
-
-
-def kustomize(directory):
-    if shutil.which("kubectl"):
-        return run("kubectl", "kustomize", str(directory)).stdout
-    return run(tool("kustomize"), "build", str(directory)).stdout
 
 
 def yamllint(root, variant):
