@@ -144,11 +144,12 @@ def machine():
 
 
 def revision():
-    """The commit checked out, and whether the working tree differs from it."""
+    """The commit checked out, and whether the working tree differs from it outside docs/, which the figures of one
+    run (bench, then drills) change without changing what they measure."""
     def git(*arguments):
         return subprocess.run(["git", *arguments], cwd=ROOT, check=True, capture_output=True, text=True).stdout.strip()
 
-    return git("rev-parse", "--short", "HEAD") + (" with uncommitted changes" if git("status", "--porcelain") else "")
+    return git("rev-parse", "--short", "HEAD") + (" with uncommitted changes" if git("status", "--porcelain", "--", ".", ":!docs") else "")
 
 
 def markdown_table(header, rows):
