@@ -17,8 +17,8 @@ RUN pip install --no-cache-dir --require-hashes -r requirements.txt \
  && find / -xdev -type f -perm /6000 -exec chmod a-s {} +
 
 # Files copied as root stay read-only to the runtime user: a compromised process cannot rewrite the app.
-COPY app.py gunicorn.conf.py ./
-RUN python -m compileall -q app.py
+COPY app.py gunicorn.conf.py serving.py ./
+RUN python -m compileall -q app.py serving.py
 
 # Non-root: a numeric uid (the distroless nonroot one) that Kubernetes' runAsNonRoot can verify without /etc/passwd.
 USER 65532:65532
@@ -27,8 +27,8 @@ EXPOSE 8000 9000
 # Exec form, no shell and no curl: Python itself asks the liveness endpoint.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
   CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('PORT', '8000'), timeout=2)"]
-# Exec form: gunicorn is PID 1 and receives docker stop's SIGTERM itself.
-CMD ["gunicorn", "--config", "gunicorn.conf.py", "app:create_app()"]
+# Exec form: the server (serving.py runs gunicorn in its own process) is PID 1 and receives docker stop's SIGTERM.
+CMD ["python", "-m", "serving"]
 
 # Last, so that a new revision or date does not invalidate the layers above.
 ARG PYTHON_IMAGE

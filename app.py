@@ -37,6 +37,31 @@ from werkzeug.routing import IntegerConverter
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
+@dataclass(frozen=True)
+class Variable:
+    name: str
+    default: str | None  # None: unset unless the environment sets it
+    meaning: str
+
+
+# Every environment variable the service reads, gunicorn's included: gunicorn.conf.py takes its values from
+# load_config(), and the README's table and .env.example list exactly these (tests/test_project.py checks).
+VARIABLES = (
+    Variable("NAME", "World", "who GET / greets"),
+    Variable("DATABASE_URL", None, "postgresql://user@host:port/db; unset, every database path answers 503"),
+    Variable("DATABASE_PASSWORD", None, "the database password, if DATABASE_PASSWORD_FILE is not used"),
+    Variable("DATABASE_PASSWORD_FILE", None, "a file holding the database password (a secret), instead"),
+    Variable("DATABASE_POOL_MIN_SIZE", "1", "database connections each worker keeps open"),
+    Variable("DATABASE_POOL_MAX_SIZE", "4", "database connections each worker may open"),
+    Variable("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING, ERROR or CRITICAL, any case; DEBUG also logs probes"),
+    Variable("PORT", "8000", "the public port"),
+    Variable("METRICS_PORT", "9000", "the port serving /metrics only, for Prometheus"),
+    Variable("WEB_CONCURRENCY", "1", "gunicorn worker processes: one per CPU the container is given"),
+    Variable("PROMETHEUS_MULTIPROC_DIR", "/tmp/metrics", "where each worker keeps its metrics (serving.py sets it)"),
+)
+DEFAULTS = {variable.name: variable.default for variable in VARIABLES}
+
+
 class ConfigError(SystemExit):
     """A setting the service cannot use. A SystemExit, so that gunicorn and `flask migrate` stop with its one line."""
 
@@ -52,7 +77,9 @@ class Config:
     log_level: str
     pool_min_size: int
     pool_max_size: int
+    port: int
     metrics_port: int
+    workers: int
 
 
 def read_database_url(environ):
@@ -89,21 +116,21 @@ def read_database_password(environ):
 
 
 def read_log_level(environ):
-    level = environ.get("LOG_LEVEL", "INFO").upper()
+    level = environ.get("LOG_LEVEL", DEFAULTS["LOG_LEVEL"]).upper()
     if level not in LOG_LEVELS:
         raise ConfigError(f"LOG_LEVEL: must be one of {', '.join(LOG_LEVELS)}, got {environ['LOG_LEVEL']!r}")
     return level
 
 
 def read_name(environ):
-    name = environ.get("NAME", "World")
+    name = environ.get("NAME", DEFAULTS["NAME"])
     if not name.strip():
         raise ConfigError("NAME: must not be empty (unset it to get the default, World)")
     return name
 
 
-def read_int(environ, variable, default, minimum, maximum=None):
-    raw = environ.get(variable, str(default))
+def read_int(environ, variable, minimum, maximum=None):
+    raw = environ.get(variable, DEFAULTS[variable])
     try:
         value = int(raw)
     except ValueError:
@@ -115,21 +142,25 @@ def read_int(environ, variable, default, minimum, maximum=None):
     return value
 
 
-def read_metrics_port(environ):
-    """The port that serves /metrics, apart from the public one: gunicorn.conf.py binds it, the app answers on it."""
-    return read_int(environ, "METRICS_PORT", default=9000, minimum=1, maximum=65535)
+def read_port(environ, variable):
+    return read_int(environ, variable, minimum=1, maximum=65535)
 
 
 def load_config(environ):
-    pool_min_size = read_int(environ, "DATABASE_POOL_MIN_SIZE", default=1, minimum=0)
+    pool_min_size = read_int(environ, "DATABASE_POOL_MIN_SIZE", minimum=0)
+    port, metrics_port = read_port(environ, "PORT"), read_port(environ, "METRICS_PORT")
+    if metrics_port == port:
+        raise ConfigError(f"METRICS_PORT: must differ from PORT ({port})")
     return Config(
         name=read_name(environ),
         database_url=read_database_url(environ),
         database_password=read_database_password(environ),
         log_level=read_log_level(environ),
         pool_min_size=pool_min_size,
-        pool_max_size=read_int(environ, "DATABASE_POOL_MAX_SIZE", default=4, minimum=max(1, pool_min_size)),
-        metrics_port=read_metrics_port(environ),
+        pool_max_size=read_int(environ, "DATABASE_POOL_MAX_SIZE", minimum=max(1, pool_min_size)),
+        port=port,
+        metrics_port=metrics_port,
+        workers=read_int(environ, "WEB_CONCURRENCY", minimum=1),
     )
 
 
@@ -238,11 +269,20 @@ MIGRATIONS = (
 
 # Any number that every `migrate` run shares; this one spells "notes" in ASCII.
 MIGRATION_LOCK = 0x6E6F746573
+# migrate waits this long for another migrate's lock: pods that start together run one after another, each
+# migration seconds long. A schema statement waits for its table at most MIGRATION_TABLE_LOCK_SECONDS, because
+# while it waits every request that touches the table queues behind it; a later start tries again.
+MIGRATION_LOCK_SECONDS = 120
+MIGRATION_TABLE_LOCK_SECONDS = 5
 # How long a request waits for a pooled connection before it answers 503.
-DATABASE_WAIT_SECONDS = 1.0
-# The most a request spends on the database in all, waiting for a connection included, before it answers 503.
-# The server stops a statement at the same bound (statement_timeout); the client stops waiting even when the server
-# cannot say so: a frozen server's kernel still acknowledges every packet, so no TCP timeout would ever fire.
+DATABASE_WAIT_SECONDS = 0.5
+# The server stops a request's statement after this long (statement_timeout): the connection stays healthy and
+# goes back to the pool.
+STATEMENT_TIMEOUT_SECONDS = 1.0
+# The most a request spends on the database in all, waiting for a connection included, before it answers 503:
+# the wait and the statement above, and half a second for the server's answer to arrive, so the server cancels
+# first. The client stops waiting even when the server cannot say so: a frozen server's kernel still acknowledges
+# every packet, so no TCP timeout would ever fire.
 DATABASE_TIMEOUT_SECONDS = 2.0
 # Bounds each connection attempt, so an unreachable host cannot hang a pool thread or `migrate` for minutes.
 CONNECT_TIMEOUT_SECONDS = 5
@@ -256,12 +296,12 @@ class DatabaseNotConfigured(Exception):
     """DATABASE_URL is not set."""
 
 
-def connection_options(config, application_name):
+def connection_options(config, application_name, server_settings):
     options = {
         # Shows in pg_stat_activity which process holds a connection.
         "application_name": application_name,
         "connect_timeout": CONNECT_TIMEOUT_SECONDS,
-        "options": f"-c statement_timeout={int(DATABASE_TIMEOUT_SECONDS * 1000)}",
+        "options": " ".join(f"-c {name}={value}" for name, value in server_settings.items()),
         # A peer that vanishes (a cut network, a node lost) is noticed within seconds, not the kernel's two hours:
         # unanswered data for 10 s, or an idle connection whose keepalive probes get no answer.
         "keepalives": 1,
@@ -273,6 +313,10 @@ def connection_options(config, application_name):
     if config.database_password:
         options["password"] = config.database_password
     return options
+
+
+# Shows in pg_stat_activity which service holds a connection; `make rename` renames it with the image.
+APPLICATION_NAME = "notes-web"
 
 
 class Database:
@@ -287,7 +331,8 @@ class Database:
             config.database_url,
             # Autocommit: each statement is its own transaction, so a read or a single-row write is one round trip,
             # with no BEGIN before it and no COMMIT after it.
-            kwargs={"autocommit": True, **connection_options(config, "notes-web")},
+            kwargs={"autocommit": True, **connection_options(
+                config, APPLICATION_NAME, {"statement_timeout": int(STATEMENT_TIMEOUT_SECONDS * 1000)})},
             min_size=config.pool_min_size,
             max_size=config.pool_max_size,
             timeout=DATABASE_WAIT_SECONDS,
@@ -355,7 +400,10 @@ class Database:
             self._checking.release()
 
 
-REFUSED_PASSWORD = "password authentication failed"
+def refused_password(error):
+    """The server refused the password. libpq reports a failed connection without its SQLSTATE (psycopg 3.3 gives
+    None), so the server's English message is the fallback; SQLSTATE 28P01 holds whatever language it speaks."""
+    return error.sqlstate == "28P01" or "password authentication failed" in str(error)
 
 
 def connect_within(config, seconds):
@@ -363,10 +411,12 @@ def connect_within(config, seconds):
     deadline = time.monotonic() + seconds
     while True:
         try:
-            return psycopg.connect(config.database_url, **connection_options(config, "notes-migrate"))
+            # No statement_timeout: a migration's statement (an index built on a large table) takes what it takes.
+            return psycopg.connect(config.database_url, **connection_options(
+                config, f"{APPLICATION_NAME}-migrate", {"statement_timeout": 0}))
         except psycopg.OperationalError as error:
             # A wrong password stays wrong: say so now instead of retrying it until the deadline.
-            if REFUSED_PASSWORD in str(error) or time.monotonic() >= deadline:
+            if refused_password(error) or time.monotonic() >= deadline:
                 raise
             time.sleep(1)
 
@@ -376,7 +426,9 @@ def apply_migrations(conn):
     with conn.transaction():
         # Runs that start together (two replicas, two deploys) queue here instead of racing to create
         # the same table; the lock is released when the transaction ends.
+        conn.execute(f"SET LOCAL lock_timeout = '{MIGRATION_LOCK_SECONDS}s'")
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+        conn.execute(f"SET LOCAL lock_timeout = '{MIGRATION_TABLE_LOCK_SECONDS}s'")
         conn.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations ("
             " version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
@@ -468,13 +520,24 @@ def note_json(row):
     return {"id": note_id, "text": text, "created_at": rfc3339(created_at)}
 
 
+def request_body():
+    """The whole body, or 413 past MAX_BODY_BYTES. Werkzeug refuses a longer Content-Length, but a chunked body it
+    just stops reading at the limit, silently: one more byte read from the server tells whether the body went on."""
+    try:
+        data = request.get_data(cache=True)
+    except ClientDisconnected:  # serving.py's body deadline passed, or the client left, before the whole body
+        abort(408, "the request body did not arrive in time")
+    if len(data) >= MAX_BODY_BYTES and request.content_length is None and request.environ["wsgi.input"].read(1):
+        abort(413, f"the request body is over {MAX_BODY_BYTES // 1024} KiB")
+    return data
+
+
 def request_object():
     if not request.is_json:
         abort(415, "request body must be JSON, sent with Content-Type: application/json")
+    request_body()
     try:
         body = request.get_json()
-    except ClientDisconnected:  # gunicorn.conf.py's body deadline passed, or the client left, before the whole body
-        abort(408, "the request body did not arrive in time")
     except (BadRequest, RecursionError):  # RecursionError: deeply nested arrays exhaust the parser's stack
         abort(400, "request body is not valid JSON")
     if not isinstance(body, dict):
@@ -522,6 +585,8 @@ def create_note():
 
 
 BIGINT_MAX = 2**63 - 1  # the largest id a bigint identity column can hand out
+# Bodies over 64 KiB are refused with 413 before they are read into memory.
+MAX_BODY_BYTES = 64 * 1024
 
 
 @routes.get("/api/notes")
@@ -544,11 +609,19 @@ class NoteIdConverter(IntegerConverter):
     """A note id in a URL: 1 to 19 digits without a leading zero; any other path segment answers 404.
 
     The shape is checked by the pattern alone, not by min/max: Werkzeug checks the method before a converter's
-    range, so an out-of-range id would answer 405 for one method and 404 for another. Ids past bigint's range
-    still reach PostgreSQL, as numeric, and simply match no row.
+    range, so an out-of-range id would answer 405 for one method and 404 for another. The routes answer ids past
+    bigint's range (known_id) themselves.
     """
 
     regex = r"[1-9][0-9]{0,18}"
+
+
+def known_id(note_id):
+    """404 for an id no bigint can hold, without asking the database: PostgreSQL would compare it as numeric,
+    which no index on a bigint serves, and scan the whole table."""
+    if note_id > BIGINT_MAX:
+        abort(404, f"note {note_id} does not exist")
+    return note_id
 
 
 NOTE_URL = "/api/notes/<note_id:note_id>"
@@ -557,7 +630,7 @@ NOTE_URL = "/api/notes/<note_id:note_id>"
 @routes.get(NOTE_URL)
 def get_note(note_id):
     with database() as conn:
-        row = conn.execute(SELECT_NOTE, (note_id,)).fetchone()
+        row = conn.execute(SELECT_NOTE, (known_id(note_id),)).fetchone()
     if row is None:
         abort(404, f"note {note_id} does not exist")
     return note_json(row)
@@ -566,7 +639,7 @@ def get_note(note_id):
 @routes.delete(NOTE_URL)
 def delete_note(note_id):
     with database() as conn:
-        deleted = conn.execute("DELETE FROM notes WHERE id = %s", (note_id,)).rowcount
+        deleted = conn.execute("DELETE FROM notes WHERE id = %s", (known_id(note_id),)).rowcount
     if not deleted:
         abort(404, f"note {note_id} does not exist")
     return "", 204
@@ -614,8 +687,7 @@ def create_app(environ=os.environ):
     configure_logging(config.log_level)
     app = Flask(__name__)
     app.config["NOTES"] = config
-    # Bodies over 64 KiB are refused with 413 before they are read into memory.
-    app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.url_map.converters["note_id"] = NoteIdConverter
     app.register_blueprint(routes)
     app.cli.add_command(migrate)
@@ -652,11 +724,16 @@ def migrate(wait_seconds):
         conn = connect_within(config, wait_seconds)
     except psycopg.OperationalError as error:
         reason = " ".join(str(error).split())
-        if REFUSED_PASSWORD in reason:
+        if refused_password(error):
             raise click.ClickException(f"cannot connect to the database: it refused the password: {reason}") from None
         raise click.ClickException(f"cannot connect to the database within {wait_seconds} s: {reason}") from None
-    with conn:
-        applied = apply_migrations(conn)
+    try:
+        with conn:
+            applied = apply_migrations(conn)
+    except psycopg.errors.LockNotAvailable:
+        raise click.ClickException(
+            f"another migrate held the migration lock for over {MIGRATION_LOCK_SECONDS} s, or a table stayed locked "
+            f"for over {MIGRATION_TABLE_LOCK_SECONDS} s: nothing changed; run migrate again") from None
     if applied:
         log.info("migrated the schema to version %s", applied[-1])
     else:

@@ -137,12 +137,13 @@ def metric_value(samples, name, **labels):
                if sample == name and labels.items() <= dict(sample_labels).items())
 
 
-GUNICORN = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:create_app()"]
+# What the images run: serving.py checks the settings, then runs gunicorn -c gunicorn.conf.py 'app:create_app()'.
+GUNICORN = [sys.executable, "-m", "serving"]
 
 
 @contextmanager
 def gunicorn_server(environment, directory):
-    """The real server, `gunicorn -c gunicorn.conf.py 'app:create_app()'` from the repository, as the images run
+    """The real server, `python -m serving` from the repository, as the images run
     it, on ports and with a metrics folder of its own (set them in `environment` to choose), until it answers.
 
     Yields its public and metrics URLs, its stdout and stderr files and the metrics folder; on exit it must stop

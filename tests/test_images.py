@@ -195,7 +195,7 @@ def test_build_context_holds_only_the_allowlisted_files(docker_client, images):
     finally:
         docker_client.images.remove(image.id, force=True)
         probe.unlink()
-    assert listing.strip() == str(["app.py", "gunicorn.conf.py", "requirements.txt"])
+    assert listing.strip() == str(["app.py", "gunicorn.conf.py", "requirements.txt", "serving.py"])
 
 
 def test_no_secret_in_history_or_environment(docker_client, images, variant):
