@@ -146,8 +146,8 @@ def gunicorn_server(environment, directory):
     """The real server, `python -m serving` from the repository, as the images run
     it, on ports and with a metrics folder of its own (set them in `environment` to choose), until it answers.
 
-    Yields its public and metrics URLs, its stdout and stderr files and the metrics folder; on exit it must stop
-    cleanly."""
+    Yields its public and metrics URLs, its stdout and stderr files, the metrics folder and the master's pid (for
+    the signals an operator sends it); on exit it must stop cleanly."""
     environment = {"PORT": str(free_port()), "METRICS_PORT": str(free_port()),
                    "PROMETHEUS_MULTIPROC_DIR": str(directory / "metrics"), **environment}
     stdout, stderr = directory / "stdout", directory / "stderr"
@@ -155,7 +155,7 @@ def gunicorn_server(environment, directory):
         process = subprocess.Popen(GUNICORN, env=environment, cwd=REPOSITORY, stdout=out, stderr=err)
     server = {"url": f"http://127.0.0.1:{environment['PORT']}",
               "metrics": f"http://127.0.0.1:{environment['METRICS_PORT']}/metrics", "stdout": stdout,
-              "stderr": stderr, "metrics_dir": Path(environment["PROMETHEUS_MULTIPROC_DIR"])}
+              "stderr": stderr, "metrics_dir": Path(environment["PROMETHEUS_MULTIPROC_DIR"]), "pid": process.pid}
 
     def answering():
         assert process.poll() is None, stderr.read_text()
