@@ -621,7 +621,6 @@ def known_id(note_id):
     which no index on a bigint serves, and scan the whole table."""
     if note_id > BIGINT_MAX:
         abort(404, f"note {note_id} does not exist")
-    return note_id
 
 
 NOTE_URL = "/api/notes/<note_id:note_id>"
@@ -629,8 +628,9 @@ NOTE_URL = "/api/notes/<note_id:note_id>"
 
 @routes.get(NOTE_URL)
 def get_note(note_id):
+    known_id(note_id)
     with database() as conn:
-        row = conn.execute(SELECT_NOTE, (known_id(note_id),)).fetchone()
+        row = conn.execute(SELECT_NOTE, (note_id,)).fetchone()
     if row is None:
         abort(404, f"note {note_id} does not exist")
     return note_json(row)
@@ -638,8 +638,9 @@ def get_note(note_id):
 
 @routes.delete(NOTE_URL)
 def delete_note(note_id):
+    known_id(note_id)
     with database() as conn:
-        deleted = conn.execute("DELETE FROM notes WHERE id = %s", (known_id(note_id),)).rowcount
+        deleted = conn.execute("DELETE FROM notes WHERE id = %s", (note_id,)).rowcount
     if not deleted:
         abort(404, f"note {note_id} does not exist")
     return "", 204

@@ -300,7 +300,8 @@ def main():
     load_config(os.environ)
     from gunicorn.app.wsgiapp import run
 
-    sys.argv = ["gunicorn", "--config", CONFIG_FILE, "app:create_app()"]
+    # Options after `python -m serving` go to gunicorn: `python -m serving --check-config` checks a changed setting.
+    sys.argv = ["gunicorn", "--config", CONFIG_FILE, *sys.argv[1:], "app:create_app()"]
     run()
 
 

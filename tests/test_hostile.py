@@ -298,7 +298,7 @@ def test_check_config_beside_a_running_server_leaves_its_counters(app_environmen
         counted = metric_value(scrape(server["metrics"]), "http_requests_total", route="/", method="GET", status="200")
         assert counted >= len(sent)
         # An operator checking a changed setting inside the live container, with the container's environment.
-        checked = subprocess.run([*GUNICORN[:-1], "--check-config", GUNICORN[-1]], env=environment, cwd=REPOSITORY,
+        checked = subprocess.run([*GUNICORN, "--check-config"], env=environment, cwd=REPOSITORY,
                                  capture_output=True, text=True, timeout=60)
         assert checked.returncode == 0, checked.stderr
         samples = scrape(server["metrics"])
