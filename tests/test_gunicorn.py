@@ -3,6 +3,7 @@ database: the greeting, the password file, the JSON access log, configuration er
 deadlines that keep slow clients from holding a worker."""
 
 import json
+import re
 import socket
 import subprocess
 import time
@@ -184,3 +185,11 @@ def test_requests_gunicorn_refuses_before_the_app_get_the_apps_json_error_shape(
     assert headers["Content-Type"] == "application/json" and headers["X-Content-Type-Options"] == "nosniff"
     error = json.loads(body)["error"]
     assert error["code"] == code and error["message"] and error["request_id"] == headers["X-Request-ID"]
+
+
+def test_serving_is_checked_against_the_gunicorn_version_pinned():
+    """serving.py replaces two names gunicorn reads at call time but does not document (gunicorn.http.wsgi.Response
+    and gunicorn.util.write_error), and relies on the worker's handle_request and handle_error: a new gunicorn may
+    use them differently. Read the new version's source for those four, then change the version here."""
+    pinned = re.search(r"^gunicorn==(\S+) ", (REPOSITORY / "requirements.txt").read_text(), re.M)[1]
+    assert pinned == "27.0.1"
