@@ -50,8 +50,6 @@ CONFIG_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gunicorn
 BODY_TIMEOUT_SECONDS = 10
 # Lines waiting for the log pipe, per worker: about 4 MB of access lines. Past it a line is dropped and counted.
 LOG_QUEUE_LINES = 10_000
-# How often the log thread writes what has queued: the most a line waits before it reaches the pipe.
-LOG_BATCH_SECONDS = 0.05
 # Health probes and Prometheus' scrapes: logged only when they fail, or at LOG_LEVEL debug.
 PROBES = ("/healthz", "/readyz", "/metrics")
 LOG_LINES_DROPPED = Counter("log_lines_dropped_total", "Log lines dropped because the log pipe was full.")
@@ -96,13 +94,8 @@ class LogQueue:
         return QueuedStream(self, stream)
 
     def _write_forever(self):
-        pause = monkey.get_original("time", "sleep")
         try:
             while (line := self.lines.get()) is not None:
-                # A moment for more lines to arrive: one write of many lines instead of one each, and the greenlets
-                # keep the interpreter meanwhile (at thousands of requests a second, a write per line cost a
-                # quarter of a worker's time).
-                pause(LOG_BATCH_SECONDS)
                 batch = [line]
                 while not self.lines.empty() and (line := self.lines.get()) is not None:
                     batch.append(line)

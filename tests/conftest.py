@@ -46,9 +46,10 @@ def gunicorn_setting(name):
 
 
 def gunicorn_default(variable):
-    """The default gunicorn.conf.py takes when the environment does not set `variable`, read the same way."""
-    config = (REPOSITORY / "gunicorn.conf.py").read_text()
-    return int(re.search(rf'read_positive_int\("{variable}", "(\d+)"\)', config)[1])
+    """The default the service takes when the environment does not set `variable` (app.py's VARIABLES)."""
+    import app
+
+    return int(app.DEFAULTS[variable])
 
 
 # How long gunicorn lets requests finish after SIGTERM; every grace period in compose.yaml and k8s/ must exceed it.

@@ -24,7 +24,7 @@ from project import (
     make_default,
 )
 
-from app import read_metrics_port
+from app import DEFAULTS
 
 WORKFLOW = yaml.safe_load((REPOSITORY / ".github" / "workflows" / "ci.yml").read_text())
 COMPOSE_TEXT = (REPOSITORY / "compose.yaml").read_text()
@@ -133,7 +133,7 @@ def test_each_image_reports_its_own_variant_in_its_build_info(variant):
 
 
 def test_the_metrics_port_is_app_pys_in_the_images_and_prometheus_scrape_target():
-    port = read_metrics_port({})
+    port = int(DEFAULTS["METRICS_PORT"])
     for variant in VARIANTS:
         exposed = re.search(r"^EXPOSE (.+)$", (REPOSITORY / dockerfile(variant)).read_text(), re.M)[1].split()
         assert str(port) in exposed, variant
