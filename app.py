@@ -57,7 +57,7 @@ VARIABLES = (
     Variable("PORT", "8000", "the public port"),
     Variable("METRICS_PORT", "9000", "the port serving /metrics only, for Prometheus"),
     Variable("WEB_CONCURRENCY", "1", "gunicorn worker processes: one per CPU the container is given"),
-    Variable("PROMETHEUS_MULTIPROC_DIR", "/tmp/metrics", "where each worker keeps its metrics (serving.py sets it)"),
+    Variable("PROMETHEUS_MULTIPROC_DIR", None, "where each worker keeps its metrics; serving.py sets /tmp/metrics"),
 )
 DEFAULTS = {variable.name: variable.default for variable in VARIABLES}
 

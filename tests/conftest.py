@@ -16,26 +16,16 @@ import project
 import pytest
 import yaml
 from harness import answers, exported_files, free_port, wait_until  # noqa: F401  (the tests' too)
+from app import VARIABLES
 from project import DEFAULT_VARIANT, IMAGE, POSTGRES_IMAGE, VARIANTS, components  # noqa: F401
 from prometheus_client.parser import text_string_to_metric_families
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 # Marks the containers these fixtures start, so they can be found (`docker ps --filter label=...`) and told apart.
 TEST_LABEL = {"notes.tests": "test_app"}
-# Every variable app.py reads: removed from the environment a test hands to the app, unless the test sets it.
-APP_VARIABLES = (
-    "NAME",
-    "DATABASE_URL",
-    "DATABASE_PASSWORD",
-    "DATABASE_PASSWORD_FILE",
-    "LOG_LEVEL",
-    "DATABASE_POOL_MIN_SIZE",
-    "DATABASE_POOL_MAX_SIZE",
-    "PORT",
-    "METRICS_PORT",
-    "WEB_CONCURRENCY",
-    "PROMETHEUS_MULTIPROC_DIR",
-)
+# Every variable the service reads (app.py's VARIABLES): removed from the environment a test hands to the app,
+# unless the test sets it.
+APP_VARIABLES = tuple(variable.name for variable in VARIABLES)
 
 
 def gunicorn_setting(name):

@@ -564,3 +564,16 @@ def test_a_password_in_an_invalid_database_url_is_not_shown(app_environment):
     result = run_with_configuration(app_environment, DATABASE_URL="postgresql://app:hunter2-secret@db/app?colour=red")
     assert_one_line_naming(result, "DATABASE_URL")
     assert "hunter2-secret" not in result.stderr
+
+
+def documented_variables(text, pattern):
+    return [(name, None if default in ("unset", "") else default.strip("`")) for name, default in
+            re.findall(pattern, text, re.M)]
+
+
+def test_every_variable_the_service_reads_is_in_env_example_and_the_readme_with_its_default(app_module):
+    expected = [(variable.name, variable.default) for variable in app_module.VARIABLES]
+    example = (REPOSITORY / ".env.example").read_text()
+    assert documented_variables(example, r"^(?:# )?([A-Z_]+)=(.*)$") == expected
+    readme = (REPOSITORY / "README.md").read_text()
+    assert documented_variables(readme, r"^\| `([A-Z_]+)` \| (unset|`[^`]*`) \|") == expected
