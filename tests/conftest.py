@@ -61,24 +61,34 @@ def postgres():
         yield container
 
 
-@pytest.fixture(scope="session")
-def database_url(postgres):
-    """The app's DATABASE_URL for the test server: no password in it, as in Compose and Kubernetes."""
-    host = postgres.get_container_host_ip()
-    port = postgres.get_exposed_port(5432)
-    return f"postgresql://{postgres.username}@{host}:{port}/{postgres.dbname}"
+def url_of(container):
+    """The app's DATABASE_URL for a test server: no password in it, as in Compose and Kubernetes."""
+    host = container.get_container_host_ip()
+    port = container.get_exposed_port(5432)
+    return f"postgresql://{container.username}@{host}:{port}/{container.dbname}"
 
 
-@pytest.fixture(scope="session")
-def app_environment(postgres, database_url):
-    """An environment for running the app against the test server, after `flask --app app migrate` has run there.
+def migrated_environment(container):
+    """An environment for running the app against a test server, after `flask --app app migrate` has run there.
 
     Of the variables the app reads, only DATABASE_URL and DATABASE_PASSWORD are set.
     """
     environment = {name: value for name, value in os.environ.items() if name not in APP_VARIABLES}
-    environment.update(DATABASE_URL=database_url, DATABASE_PASSWORD=postgres.password)
+    environment.update(DATABASE_URL=url_of(container), DATABASE_PASSWORD=container.password)
     migrate_from_source(environment)
     return environment
+
+
+@pytest.fixture(scope="session")
+def database_url(postgres):
+    """The session's test server's DATABASE_URL."""
+    return url_of(postgres)
+
+
+@pytest.fixture(scope="session")
+def app_environment(postgres):
+    """The app's environment for the session's test server, migrated."""
+    return migrated_environment(postgres)
 
 
 def one_line_error(result):
