@@ -1,4 +1,4 @@
-"""gunicorn's settings, for `python -m serving` (the images' command) or `gunicorn -c gunicorn.conf.py 'app:create_app()'`.
+"""gunicorn's settings, read by `python -m serving` (the images' command) and by `gunicorn -c gunicorn.conf.py`.
 
 Settings only: each value is fixed here for containers or read from app.py's configuration, and what the service
 changes in gunicorn's behaviour lives in serving.py. gunicorn runs this file again on a reload (SIGHUP).

@@ -16,9 +16,10 @@ import project
 import pytest
 import yaml
 from harness import answers, exported_files, free_port, wait_until  # noqa: F401  (the tests' too)
-from app import VARIABLES
 from project import DEFAULT_VARIANT, IMAGE, POSTGRES_IMAGE, VARIANTS, components  # noqa: F401
 from prometheus_client.parser import text_string_to_metric_families
+
+from app import VARIABLES
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 # Marks the containers these fixtures start, so they can be found (`docker ps --filter label=...`) and told apart.

@@ -9,17 +9,28 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
 
 import psycopg
 import pytest
 import requests
-from app import MIGRATION_LOCK
-from conftest import (GUNICORN, REPOSITORY, free_port, gunicorn_server, metric_value, migrate_from_source,
-                      one_line_error, scrape, wait_until)
+from conftest import (
+    GUNICORN,
+    REPOSITORY,
+    free_port,
+    gunicorn_server,
+    metric_value,
+    migrate_from_source,
+    one_line_error,
+    scrape,
+    wait_until,
+)
 from psycopg import sql
 from test_gunicorn import trickle
+
+from app import MIGRATION_LOCK
 
 # Bodies over 64 KiB are refused with 413, however they are sent (README, docs/openapi.yaml).
 BODY_LIMIT = 64 * 1024
@@ -333,6 +344,24 @@ def test_migrate_waits_for_its_lock_held_elsewhere_instead_of_timing_out(app_env
             holder.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
         migrating.result(timeout=60)  # raises CalledProcessError if migrate failed
     assert time.monotonic() - started > HOLD_SECONDS - 1, "migrate ended before the lock was released"
+
+
+def test_migrate_gives_up_on_a_table_locked_past_its_bound_with_one_line_and_changes_nothing(
+    app_environment, postgres, database_url
+):
+    # While a schema statement waits for its table, every request that touches the table queues behind it: migrate
+    # waits for a table 5 s at most (documented), then stops with one line, to be run again.
+    with connect(postgres, database_url) as holder:
+        holder.execute("BEGIN")
+        holder.execute("LOCK TABLE schema_migrations IN ACCESS EXCLUSIVE MODE")
+        started = time.monotonic()
+        result = subprocess.run([sys.executable, "-m", "flask", "--app", "app", "migrate"], env=app_environment,
+                                cwd=REPOSITORY, capture_output=True, text=True, timeout=60)
+        waited = time.monotonic() - started
+        holder.execute("ROLLBACK")
+    line = one_line_error(result)
+    assert line.startswith("Error: another migrate held the migration lock") and "run migrate again" in line
+    assert 4 <= waited <= 15
 
 
 def test_a_locked_table_answers_503_within_the_bound_and_the_pool_keeps_its_connections(
