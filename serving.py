@@ -238,7 +238,6 @@ class Worker(GeventWorker):
         # (tests/test_serving.py fails on another version, so an upgrade checks them again).
         wsgi.Response = Response
         util.write_error = write_json_error
-        LOG.start()
         for logger in (self.log.error_log, self.log.access_log, logging.getLogger()):
             for handler in logger.handlers:
                 if getattr(handler, "stream", None) in (sys.stdout, sys.stderr):
@@ -246,6 +245,7 @@ class Worker(GeventWorker):
         super().init_process()
 
     def run(self):
+        LOG.start()  # here, after gevent's hub was made anew for this process
         try:
             super().run()
         finally:
