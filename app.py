@@ -4,8 +4,8 @@ Read top to bottom: configuration -> metrics -> database -> routes -> error hand
 command line.
 Importing this module does nothing but define things; `create_app()` reads the environment and builds the app.
 
-    gunicorn -c gunicorn.conf.py 'app:create_app()'   # serve
-    flask --app app migrate                           # create or upgrade the schema
+    python -m serving          # serve: gunicorn -c gunicorn.conf.py 'app:create_app()', with serving.py's worker
+    flask --app app migrate    # create or upgrade the schema
 """
 
 import atexit
@@ -45,7 +45,7 @@ class Variable:
 
 
 # Every environment variable the service reads, gunicorn's included: gunicorn.conf.py takes its values from
-# load_config(), and the README's table and .env.example list exactly these (tests/test_project.py checks).
+# load_config(), and the README's table and .env.example list exactly these (tests/test_app.py checks).
 VARIABLES = (
     Variable("NAME", "World", "who GET / greets"),
     Variable("DATABASE_URL", None, "postgresql://user@host:port/db; unset, every database path answers 503"),
