@@ -1,51 +1,54 @@
-# `make` lists the targets. Images come from five variables (four bases and Prometheus); their defaults are the
-# upstream images, in tools/base-images.mk (Renovate keeps them pinned by digest there), and .ci/airgap.mk (written
-# by `bash .ci/run --setup-only` on a machine without a registry) points them at local stand-ins. A team with a
-# registry mirror sets them, e.g. make build PYTHON_IMAGE=mirror.example/python:3.13-slim-trixie
+# `make` lists the targets. Images come from five variables (four bases and Prometheus), their upstream defaults
+# below; .ci/airgap.mk (written by `bash .ci/run --setup-only` on a machine without a registry) points them at local
+# stand-ins. A team with a registry mirror sets them, e.g. make build PYTHON_IMAGE=mirror.example/python:3.13-slim-trixie
 -include .ci/airgap.mk
-include tools/base-images.mk
-export PYTHON_IMAGE BUILD_IMAGE DISTROLESS_IMAGE POSTGRES_IMAGE PROMETHEUS_IMAGE
+# The images this project builds on or runs beside, by their upstream names: the one home of these references.
+# Renovate (.github/renovate.json) pins each one by digest (name:tag@sha256:...) and keeps that digest current, here
+# and in every copy that must agree with it: the Dockerfiles' ARG defaults, compose.yaml and k8s/. A new tag is a
+# change by hand, in all of them at once. `?=`: a value from the environment, the command line or .ci/airgap.mk wins.
+PYTHON_IMAGE ?= python:3.13-slim-trixie
+BUILD_IMAGE ?= debian:trixie-slim
+DISTROLESS_IMAGE ?= gcr.io/distroless/python3-debian13:nonroot
+POSTGRES_IMAGE ?= postgres:17-trixie
+# Not a base: the Prometheus of compose.yaml's observability profile.
+PROMETHEUS_IMAGE ?= prom/prometheus:v3.14.0
+IMAGE_VARIABLES := PYTHON_IMAGE BUILD_IMAGE DISTROLESS_IMAGE POSTGRES_IMAGE PROMETHEUS_IMAGE
+export $(IMAGE_VARIABLES)
 
 VENV ?= .venv
 PYTEST := $(VENV)/bin/python -m pytest
 
 .DEFAULT_GOAL := help
-.PHONY: help test venv
+.PHONY: help test check venv print-images
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z0-9-]+:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-venv: $(VENV)/.installed $(VENV)/.fuzz-installed $(VENV)/checkov/bin/checkov $(VENV)/scan/.installed ## create .venv with the pinned test and tool dependencies
+venv: $(VENV)/.installed ## create .venv with the pinned test dependencies
 
 $(VENV)/.installed: tests/requirements.txt requirements.txt
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --require-hashes -r tests/requirements.txt
 	touch $@
 
-# schemathesis and hypothesis, for the bad-input drill: compiled with tests/requirements.txt as constraints, so they
-# share the tests' virtual environment.
-$(VENV)/.fuzz-installed: tools/break/requirements-fuzz.txt $(VENV)/.installed
-	$(VENV)/bin/pip install --quiet --require-hashes -r tools/break/requirements-fuzz.txt
-	touch $@
-
-# checkov pins packaging<24 and pytest needs >=24: it gets a virtual environment of its own.
-$(VENV)/checkov/bin/checkov: tools/scan/requirements-checkov.txt | $(VENV)/.installed
-	python3 -m venv $(VENV)/checkov
-	$(VENV)/checkov/bin/pip install --quiet --require-hashes -r tools/scan/requirements-checkov.txt
-	touch $@
-
-# The scanners get one too: cyclonedx-bom needs a newer cyclonedx-python-lib than checkov pins.
-$(VENV)/scan/.installed: tools/scan/requirements-scan.txt | $(VENV)/.installed
-	python3 -m venv $(VENV)/scan
-	$(VENV)/scan/bin/pip install --quiet --require-hashes -r tools/scan/requirements-scan.txt
-	touch $@
+# The instruments that prove the template (bench, drills, scans, agreement checks) live in proof/, with their own
+# targets and test folder; a team that deletes proof/ keeps every target below and a green `make test`.
+-include proof/proof.mk
 
 test: venv ## run every test: the app against a real Postgres, the images, Compose and Kubernetes manifests
-	$(PYTEST) tests
+	$(PYTEST) tests $(wildcard proof/tests)
+
+check: venv ## the fast checks, under a minute: no image build, no Compose stack, no cluster
+	$(PYTEST) tests -m "not docker and not slow and not kind and not nested" -q
+
+# The images as make uses them here (upstream, a mirror's, or .ci/'s stand-ins), one NAME=reference a line:
+# tests/project.py reads them, so a test file run alone with pytest uses what `make test` would.
+print-images:
+	@$(foreach name,$(IMAGE_VARIABLES),echo '$(name)=$($(name))';)
 
 IMAGE ?= notes-web
 # The image variants, the default first. Each builds from Dockerfile.<variant>, the default from Dockerfile, and
-# has an overlay in k8s/overlays/; tools/project.py reads this line for the tests and tools.
+# has an overlay in k8s/overlays/; tests/project.py reads this line for the tests.
 VARIANTS := slim distroless
 dockerfile = $(if $(filter $(firstword $(VARIANTS)),$1),Dockerfile,Dockerfile.$1)
 REVISION := $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
@@ -57,7 +60,7 @@ BUILD_ARGS = --build-arg PYTHON_IMAGE --build-arg BUILD_IMAGE --build-arg DISTRO
   --build-arg CREATED=$(shell date -u +%Y-%m-%dT%H:%M:%SZ) --build-arg SOURCE=$(SOURCE)
 SOURCE ?= $(shell git config --get remote.origin.url 2>/dev/null || echo unknown)
 
-.PHONY: build compare k8s-validate scan bench drills
+.PHONY: build
 build: ## build every variant: notes-web:slim and notes-web:distroless, each also tagged with the git revision
 	$(foreach variant,$(VARIANTS),docker build $(BUILD_ARGS) -f $(call dockerfile,$(variant)) \
 	  -t $(IMAGE):$(variant) -t $(IMAGE):$(variant)-$(REVISION)$(DIRTY) . &&) true
@@ -68,22 +71,6 @@ build: ## build every variant: notes-web:slim and notes-web:distroless, each als
 # each Compose stack writes its own <variant>-<project> (compose.yaml).
 IMAGE_TAGS = docker image ls --format '{{.Repository}}:{{.Tag}}' $(IMAGE)
 REVISION_TAGS = $(foreach v,$(VARIANTS),-e ':$(v)-([0-9a-f]{40}|unknown)(-dirty)?$$')
-
-# The tools import tools/project.py and tools/harness.py, and tools/measure/bench.py app.py too.
-TOOLS_PATH := PYTHONPATH=$(CURDIR):$(CURDIR)/tools
-
-# Each tool target installs only the environments it uses; `make venv` installs them all.
-scan: build $(VENV)/scan/.installed $(VENV)/checkov/bin/checkov ## lint and scan offline: hadolint, checkov, yamllint, SBOMs in build/sbom/, secrets, vulnerabilities
-	$(TOOLS_PATH) $(VENV)/scan/bin/python tools/scan/scan.py --image-repository $(IMAGE)
-
-bench: $(VENV)/.installed ## measure worker models, images and both ceilings side by side; writes docs/benchmarks.md
-	$(TOOLS_PATH) $(VENV)/bin/python tools/measure/bench.py
-
-drills: build $(VENV)/.fuzz-installed ## break notes-web:slim on purpose (kills, outages, full disk, backups, bad input...); writes docs/drills.md
-	$(TOOLS_PATH) $(VENV)/bin/python tools/break/drills.py $(IMAGE):$(firstword $(VARIANTS))
-
-compare: build $(VENV)/.installed ## one row per variant: size, layers, user, shell, package manager, setuid files, build times
-	$(TOOLS_PATH) $(VENV)/bin/python tools/measure/compare.py $(IMAGE)
 
 # ---------------------------------------------------------------------------------------------------------------
 # The stack on this machine, from compose.yaml: VARIANT=distroless runs the distroless image, WEB_PORT moves the
@@ -140,8 +127,8 @@ watch: up ## make up, then rebuild web and re-run migrate on each code change; C
 migrate: check-engine $(DB_PASSWORD_FILE) ## apply the image's schema migrations to the running stack's database
 	$(COMPOSE) run --rm migrate
 
-# tools/backup.py runs pg_dump and pg_restore inside db; python3 is all it needs on this machine.
-BACKUP = COMPOSE="$(COMPOSE)" python3 tools/backup.py
+# backup.py runs pg_dump and pg_restore inside db; python3 is all it needs on this machine.
+BACKUP = COMPOSE="$(COMPOSE)" python3 backup.py
 # Where `make backup` writes: ignored by git, and only you may enter it.
 BACKUP_DIR ?= backups
 ifneq ($(filter restore,$(MAKECMDGOALS)),)
@@ -220,8 +207,3 @@ $(DB_PASSWORD_FILE):
 	@mkdir -p $(@D) && chmod 700 $(@D)
 	@umask 022 && python3 -c 'import secrets; print(secrets.token_urlsafe(32))' > $@
 	@echo "created $@: a random password, ignored by git"
-
-k8s-validate: $(VENV)/.installed $(VENV)/scan/.installed $(VENV)/checkov/bin/checkov ## render both Kubernetes overlays, and the default one with each component, and check them offline: schemas, restricted profile, checkov
-	$(PYTEST) tests/test_k8s.py tests/test_k8s_components.py tests/test_k8s_docker.py tests/test_kube.py \
-	  tests/test_kind.py -m "not docker and not kind"
-	$(TOOLS_PATH) $(VENV)/scan/bin/python tools/scan/scan.py --only checkov

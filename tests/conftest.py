@@ -1,27 +1,34 @@
 """Shared fixtures: a real PostgreSQL from testcontainers, and the app wired to it."""
 
-import functools
 import os
 import re
-import shutil
 import subprocess
 import sys
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
+import containers
 import docker
-import harness
 import project
 import pytest
-import yaml
-from harness import answers, exported_files, free_port, wait_until  # noqa: F401  (the tests' too)
-from project import DEFAULT_VARIANT, IMAGE, POSTGRES_IMAGE, VARIANTS, components  # noqa: F401
+from containers import PLANTED_SECRET, exported_files  # noqa: F401  (the tests' too)
+from project import (  # noqa: F401  (the tests' too)
+    DEFAULT_VARIANT,
+    GRACEFUL_TIMEOUT,
+    IMAGE,
+    POSTGRES_IMAGE,
+    VARIANTS,
+    components,
+    copy_repository,
+)
 from prometheus_client.parser import text_string_to_metric_families
+from renderings import COMPONENTS, every_rendering, manifests, overlay, render, rendered  # noqa: F401
+from waits import answers, free_port, wait_until  # noqa: F401
 
 from app import VARIABLES
 
-REPOSITORY = Path(__file__).resolve().parent.parent
+REPOSITORY = project.ROOT
 # Marks the containers these fixtures start, so they can be found (`docker ps --filter label=...`) and told apart.
 TEST_LABEL = {"notes.tests": "test_app"}
 # Every variable the service reads (app.py's VARIABLES): removed from the environment a test hands to the app,
@@ -29,26 +36,8 @@ TEST_LABEL = {"notes.tests": "test_app"}
 APP_VARIABLES = tuple(variable.name for variable in VARIABLES)
 
 
-def gunicorn_setting(name):
-    """A value set in gunicorn.conf.py (a number, or a name such as worker_class's), read, not run: running it
-    would monkey-patch this process for gevent."""
-    value = re.search(rf'^{name} = "?(\w+)"?$', (REPOSITORY / "gunicorn.conf.py").read_text(), re.M)[1]
-    return int(value) if value.isdigit() else value
-
-
-def gunicorn_default(variable):
-    """The default the service takes when the environment does not set `variable` (app.py's VARIABLES)."""
-    import app
-
-    return int(app.DEFAULTS[variable])
-
-
-# How long gunicorn lets requests finish after SIGTERM; every grace period in compose.yaml and k8s/ must exceed it.
-GRACEFUL_TIMEOUT = gunicorn_setting("graceful_timeout")
 # The shape of every timestamp the app writes: UTC, with microseconds.
 RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
-# Planted in the build context of the images under test; it must never reach an image.
-PLANTED_SECRET = "planted-secret-value-that-must-never-ship"
 
 
 @pytest.fixture(scope="session")
@@ -58,7 +47,7 @@ def postgres():
     Its port is published on a fixed 127.0.0.1 port: Docker picks a new random host port each time a container
     with a random one starts again, and the outage test stops and starts this container under a running app.
     """
-    with harness.postgres(port=free_port(), password="test-password-7fq2", labels=TEST_LABEL) as container:
+    with containers.postgres(port=free_port(), password="test-password-7fq2", labels=TEST_LABEL) as container:
         yield container
 
 
@@ -179,81 +168,8 @@ def docker_client():
     client.close()
 
 
-def copy_repository(destination):
-    """The working tree's files that git tracks or would track, copied to `destination`; returns it."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPOSITORY,
-                            capture_output=True, text=True, check=True).stdout.split("\0")
-    for name in listed:
-        if name and (REPOSITORY / name).is_file():
-            (destination / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPOSITORY / name, destination / name)
-    return destination
-
-
 @pytest.fixture(scope="session")
 def images(tmp_path_factory):
     """Both variants, built once by `make build` from a copy of the build context with secrets planted in it:
     a .env, a .git/ and a secrets/ folder, as a developer's checkout has."""
-    context = copy_repository(tmp_path_factory.mktemp("context"))
-    (context / ".env").write_text(f"DATABASE_PASSWORD={PLANTED_SECRET}\n")
-    (context / "secrets").mkdir()
-    (context / "secrets" / "db_password.txt").write_text(PLANTED_SECRET)
-    (context / ".git").mkdir()
-    (context / ".git" / "config").write_text(f"[credential]\n\thelper = store {PLANTED_SECRET}\n")
-    revision = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPOSITORY, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    build = subprocess.run(["make", "--no-print-directory", "build", f"REVISION={revision}", f"IMAGE={IMAGE}"],
-                           cwd=context, capture_output=True, text=True)
-    assert build.returncode == 0, build.stdout + build.stderr
-    return {"revision": revision, "context": context, **{variant: f"{IMAGE}:{variant}" for variant in VARIANTS}}
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The Kubernetes manifests, rendered
-
-
-# Every optional kustomize component in k8s/components/, each added to an overlay by a user's own kustomization.
-COMPONENTS = components()
-
-
-@functools.cache
-def render(overlay: str, added: tuple[str, ...] = ()) -> str:
-    """An overlay with components added, as k8s/README.md shows, rendered once per session (tools/project.py)."""
-    try:
-        return project.render(overlay, added)
-    except project.RendererMissing:
-        pytest.skip("neither kubectl nor kustomize is on PATH: the manifests cannot be rendered")
-
-
-@pytest.fixture(scope="module", params=VARIANTS)
-def overlay(request) -> str:
-    """Each variant's overlay in k8s/overlays/, rendered by the fixtures below (tests/test_k8s*.py)."""
-    return request.param
-
-
-@pytest.fixture(scope="module")
-def rendered(overlay) -> str:
-    return render(overlay)
-
-
-@pytest.fixture(scope="module")
-def manifests(rendered) -> list[dict]:
-    return [doc for doc in yaml.safe_load_all(rendered) if doc]
-
-
-@pytest.fixture(scope="module", params=[*((variant, ()) for variant in VARIANTS),
-                                        *((DEFAULT_VARIANT, (component,)) for component in COMPONENTS)],
-                ids=lambda rendering: "+".join([rendering[0], *rendering[1]]))
-def every_rendering(request) -> list[dict]:
-    """What a user can apply: each overlay alone, and the default one with each component (tests/test_k8s.py's
-    gates); the overlays differ only in the image tag."""
-    overlay, added = request.param
-    return [doc for doc in yaml.safe_load_all(render(overlay, added)) if doc]
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "base_images: the base-image contract (tests/test_base_images.py)")
-    config.addinivalue_line("markers", "docker: needs a Docker engine and the built images")
-    config.addinivalue_line("markers", "slow: drills against real containers, minutes in all (tests/test_drills.py)")
-    config.addinivalue_line("markers", "kind: needs a kind cluster named by KIND_CLUSTER (tests/test_kind.py)")
-    config.addinivalue_line("markers", "nested: runs pytest itself in a copy of the repository")
+    return containers.build_images(tmp_path_factory.mktemp("context"))

@@ -15,14 +15,13 @@ import uuid
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-import cis_docker
+import containers
 import docker
-import harness
 import pytest
 import requests
 import yaml
 from conftest import GRACEFUL_TIMEOUT, REPOSITORY, VARIANTS, free_port
-from kube import parse_quantity
+from manifests import parse_quantity
 from project import DEFAULT_VARIANT, IMAGE, MIGRATE, dockerfile
 from requests.adapters import HTTPAdapter
 from testcontainers.compose import DockerCompose
@@ -47,7 +46,7 @@ http.mount("http://", HTTPAdapter(max_retries=Retry(total=7, backoff_factor=0.25
 
 def use_compose_project(env, image, password_file, port=None):
     """Points `docker compose` (and make) in this process at a project of its own running `image`."""
-    for name, value in harness.compose_environment(image, password_file, port or free_port()).items():
+    for name, value in containers.compose_environment(image, password_file, port or free_port()).items():
         env.setenv(name, value)
 
 
@@ -74,10 +73,11 @@ def stack(request, images, tmp_path_factory):
     """The whole stack of one variant, up and healthy (`up --wait`); `down --volumes` at the end."""
     variant = request.param
     port = free_port()
-    password_file = harness.write_password_file(tmp_path_factory.mktemp(f"compose-{variant}"))
+    password_file = containers.write_password_file(tmp_path_factory.mktemp(f"compose-{variant}"))
     with pytest.MonkeyPatch.context() as env:
         use_compose_project(env, images[variant], password_file, port)
-        with harness.tagged(images[variant], harness.stack_image(os.environ)), DockerCompose(REPOSITORY) as compose:
+        tag = containers.stack_image(os.environ)
+        with containers.tagged(images[variant], tag), DockerCompose(REPOSITORY) as compose:
             yield ComposeStack(compose, variant, port)
 
 
@@ -89,7 +89,7 @@ def variant(request):
 @pytest.fixture
 def config(variant, tmp_path, monkeypatch):
     """`docker compose config` as JSON, for one variant: the model Compose will run, after interpolation."""
-    use_compose_project(monkeypatch, f"{IMAGE}:{variant}", harness.write_password_file(tmp_path))
+    use_compose_project(monkeypatch, f"{IMAGE}:{variant}", containers.write_password_file(tmp_path))
     return DockerCompose(REPOSITORY).get_config()
 
 
@@ -126,7 +126,7 @@ def test_every_service_runs_read_only_without_capabilities_or_privilege_gain_and
 
 
 def test_prometheus_runs_only_with_its_profile_hardened_and_published_on_loopback_only(tmp_path, monkeypatch):
-    use_compose_project(monkeypatch, f"{IMAGE}:{DEFAULT_VARIANT}", harness.write_password_file(tmp_path))
+    use_compose_project(monkeypatch, f"{IMAGE}:{DEFAULT_VARIANT}", containers.write_password_file(tmp_path))
     assert "prometheus" not in DockerCompose(REPOSITORY).get_config()["services"]
     monkeypatch.setenv("COMPOSE_PROFILES", "observability")
     prometheus = DockerCompose(REPOSITORY).get_config()["services"]["prometheus"]
@@ -158,7 +158,7 @@ def test_web_and_migrate_run_the_image_built_from_the_variants_dockerfile(config
 def test_each_stack_tags_an_image_of_its_own_apart_from_make_builds(variant, tmp_path, monkeypatch):
     images = set()
     for _ in range(2):
-        use_compose_project(monkeypatch, f"{IMAGE}:{variant}", harness.write_password_file(tmp_path))
+        use_compose_project(monkeypatch, f"{IMAGE}:{variant}", containers.write_password_file(tmp_path))
         images.add(DockerCompose(REPOSITORY).get_config()["services"]["web"]["image"])
     assert len(images) == 2 and f"{IMAGE}:{variant}" not in images
 
@@ -233,13 +233,6 @@ def test_web_is_published_on_loopback_only_its_metrics_port_and_db_not_at_all(st
         socket.create_connection((gateway, stack.port), timeout=5).close()
 
 
-def test_every_running_container_passes_the_cis_docker_benchmarks_runtime_checks(stack):
-    running = {container.Service: container.ID for container in stack.compose.get_containers()}
-    assert set(running) == {"db", "web"}  # migrate has exited
-    found = cis_docker.container_findings(list(running.values()))
-    assert found == {name: [] for name in found}
-
-
 def test_make_debug_opens_a_shell_beside_web_that_sees_its_files(stack):
     # The distroless web has no shell of its own; `make debug` brings one in another container.
     result = subprocess.run(["make", "--no-print-directory", "-s", "debug"], input="ls /proc/1/root/app\n",
@@ -293,7 +286,7 @@ def start_db(network, db_volume):
     started = []
 
     def start():
-        container = harness.postgres(network, published=False, password=DB_PASSWORD, labels=TEST_LABEL)
+        container = containers.postgres(network, published=False, password=DB_PASSWORD, labels=TEST_LABEL)
         container.with_volume_mapping(db_volume, "/var/lib/postgresql/data", "rw")
         started.append(container.start())
         return container

@@ -6,7 +6,8 @@ import re
 import psycopg
 import pytest
 import yaml
-from conftest import REPOSITORY, gunicorn_default
+from conftest import REPOSITORY
+from project import gunicorn_settings
 
 import app as app_module
 
@@ -23,7 +24,8 @@ def k8s(name):
 
 def per_process(environment):
     """(workers, pool max) of one web container with `environment` set on top of the images' defaults."""
-    workers = int(environment.get("WEB_CONCURRENCY", gunicorn_default("WEB_CONCURRENCY")))
+    workers = gunicorn_settings("workers", environment={name: value for name, value in environment.items()
+                                                        if name == "WEB_CONCURRENCY"})["workers"]
     pool = {name: value for name, value in environment.items() if name.startswith("DATABASE_POOL_")}
     pool_max = app_module.load_config(pool).pool_max_size
     return workers, pool_max

@@ -10,7 +10,8 @@ import time
 import urllib.request
 
 import pytest
-from conftest import GUNICORN, REPOSITORY, RFC3339_UTC, free_port, gunicorn_server, gunicorn_setting, wait_until
+from conftest import GUNICORN, REPOSITORY, RFC3339_UTC, free_port, gunicorn_server, wait_until
+from project import BODY_TIMEOUT_SECONDS, KEEPALIVE_SECONDS
 
 # ---------------------------------------------------------------------------------------------- gunicorn
 
@@ -140,15 +141,17 @@ def trickle(url, head, seconds):
         return time.monotonic() - started, received
 
 
+@pytest.mark.slow  # waits out the deadline it checks
 def test_gunicorn_disconnects_a_client_whose_headers_never_end_after_keepalive_seconds(gunicorn):
-    bound = gunicorn_setting("keepalive")
+    bound = KEEPALIVE_SECONDS
     seconds, response = trickle(gunicorn["url"], b"GET / HTTP/1.1\r\nHost: test\r\nX-Slow: ", bound)
     assert bound - 1 <= seconds <= bound + 2 and response == b""
     assert http("GET", gunicorn["url"] + "/")[0] == 200
 
 
+@pytest.mark.slow  # waits out the deadline it checks
 def test_gunicorn_answers_408_json_and_disconnects_a_body_slower_than_its_deadline(gunicorn):
-    bound = 10  # the documented body deadline (serving.py)
+    bound = BODY_TIMEOUT_SECONDS
     head = (b"POST /api/notes HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
             b"Content-Length: 60000\r\n\r\n")
     seconds, response = trickle(gunicorn["url"], head, bound)

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import time
 
-import harness
+import containers
 import pytest
 import requests
 from conftest import (
@@ -40,7 +40,7 @@ def network():
 @pytest.fixture(scope="module")
 def database(network):
     """Postgres reachable from the web containers by the service name `db`, migrated once."""
-    with harness.postgres(network, password=DB_PASSWORD) as container:
+    with containers.postgres(network, password=DB_PASSWORD) as container:
         host_url = f"postgresql://notes@127.0.0.1:{container.get_exposed_port(5432)}/notes"
         environment = {name: value for name, value in os.environ.items() if name not in APP_VARIABLES}
         migrate_from_source({**environment, "DATABASE_URL": host_url, "DATABASE_PASSWORD": DB_PASSWORD})

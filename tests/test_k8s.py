@@ -3,15 +3,10 @@
 Each overlay, alone and with each optional component (k8s/components/), is rendered with kustomize and must pass:
 strict schema validation for every Kubernetes version we support, a GA-only apiVersion allowlist, the Pod Security
 Standards restricted profile (the namespace enforces it), and the cross-references a typo silently breaks
-(selectors, ports, ConfigMap and Secret keys). The same gates are then fed broken copies to prove they fail for the
-right reason. Then the overlays' own promises: probes, rollouts, storage, network paths.
+(selectors, ports, ConfigMap and Secret keys). Then the overlays' own promises: probes, rollouts, storage.
 tests/test_k8s_components.py checks what each component adds, including the custom resources no schema here covers.
-
-The engines that evaluate policies and turn a pod spec into `docker run` options (for a Docker smoke test that
-runs the images as the cluster would) live in tests/kube.py.
 """
 
-import copy
 import functools
 import json
 from pathlib import Path, PurePosixPath
@@ -20,22 +15,7 @@ from urllib.parse import urlsplit
 import kubernetes_validate
 import pytest
 from conftest import GRACEFUL_TIMEOUT, render
-from kube import (
-    Peer,
-    all_containers,
-    config_data,
-    connection_allowed,
-    evictions_allowed,
-    fewest_replicas,
-    find,
-    immutable_references,
-    labels_match,
-    named,
-    parse_quantity,
-    pod_template,
-    restricted_profile_violations,
-    workloads,
-)
+from manifests import all_containers, config_data, find, labels_match, named, parse_quantity, workloads
 from project import DEFAULT_VARIANT, IMAGE, KUBERNETES_VERSIONS, VARIANTS
 from project import MIGRATE as MIGRATE_COMMAND
 from yamllint import linter
@@ -84,17 +64,6 @@ def api_version_errors(doc: dict) -> list[str]:
     if doc["apiVersion"] in GA_API_VERSIONS or (doc["apiVersion"], doc["kind"]) in CUSTOM_RESOURCES:
         return []
     return [f"{named(doc)} uses {doc['apiVersion']}, which is not in the GA allowlist"]
-
-
-def admission_problems(doc: dict) -> list[str]:
-    """Everything the offline gates find wrong with one rendered object."""
-    found = api_version_errors(doc)
-    for version in KUBERNETES_VERSIONS:
-        found += schema_errors(doc, version)
-    if template := pod_template(doc):
-        found += [f"{named(doc)} breaks the restricted profile: {violation}"
-                  for violation in restricted_profile_violations(template)]
-    return found
 
 
 def yamllint_problems(text: str, filename: str) -> list[str]:
@@ -161,12 +130,6 @@ def test_the_overlays_run_web_and_db_only(manifests):
     assert {named(doc) for doc, _ in workloads(manifests)} == {"Deployment/web", "StatefulSet/db"}
 
 
-def test_every_pod_template_meets_the_restricted_profile(every_rendering):
-    violations = {named(doc): restricted_profile_violations(template)
-                  for doc, template in workloads(every_rendering)}
-    assert violations and violations == {name: [] for name in violations}
-
-
 def test_every_container_has_a_read_only_root_and_bounded_cpu_memory_and_disk(every_rendering):
     for doc, template in workloads(every_rendering):
         for container in all_containers(template["spec"]):
@@ -196,48 +159,6 @@ def test_no_pod_gets_a_service_account_token(every_rendering):
 
 # ---------------------------------------------------------------------------------------------------------
 # The gates reject what they should, for the right reason
-
-
-@pytest.fixture
-def web_deployment(manifests) -> dict:
-    deployment = copy.deepcopy(find(manifests, "Deployment", "web"))
-    assert admission_problems(deployment) == []
-    return deployment
-
-
-def test_admission_rejects_a_pod_that_may_run_as_root(web_deployment):
-    web_deployment["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] = False
-    assert admission_problems(web_deployment) == [
-        "Deployment/web breaks the restricted profile: spec.securityContext.runAsNonRoot is false",
-        "Deployment/web breaks the restricted profile: container migrate does not run with runAsNonRoot: true",
-        "Deployment/web breaks the restricted profile: container web does not run with runAsNonRoot: true",
-    ]
-
-
-def test_admission_rejects_a_privileged_container(web_deployment):
-    web_deployment["spec"]["template"]["spec"]["containers"][0]["securityContext"]["privileged"] = True
-    assert admission_problems(web_deployment) == [
-        "Deployment/web breaks the restricted profile: container web securityContext.privileged is true",
-    ]
-
-
-def test_admission_rejects_a_misspelled_field(web_deployment):
-    container = web_deployment["spec"]["template"]["spec"]["containers"][0]
-    container["readinesProbe"] = container.pop("readinessProbe")
-    assert admission_problems(web_deployment) == [
-        f"Deployment/web fails the Kubernetes {version} schema at spec.template.spec.containers.0: "
-        "Additional properties are not allowed ('readinesProbe' was unexpected)"
-        for version in KUBERNETES_VERSIONS
-    ]
-
-
-def test_admission_rejects_a_removed_beta_api(web_deployment):
-    web_deployment["apiVersion"] = "extensions/v1beta1"
-    assert admission_problems(web_deployment) == [
-        "Deployment/web uses extensions/v1beta1, which is not in the GA allowlist",
-        *(f"Deployment/web: Couldn't find schema for kind Deployment with api version extensions/v1beta1 "
-          f"for kubernetes version {version}" for version in KUBERNETES_VERSIONS),
-    ]
 
 
 def test_yamllint_reports_a_duplicated_key():
@@ -343,17 +264,6 @@ def test_database_url_names_the_db_service_user_and_database_without_a_password(
     assert url.scheme == "postgresql"
     assert url.password is None
     assert (url.username, url.path.lstrip("/")) == (postgres["POSTGRES_USER"], postgres["POSTGRES_DB"])
-
-
-def test_every_pdb_lets_a_drain_evict_a_pod_and_let_unhealthy_ones_go(every_rendering):
-    # A budget no eviction can satisfy blocks `kubectl drain` and managed node-group upgrades for good.
-    for budget in (doc for doc in every_rendering if doc["kind"] == "PodDisruptionBudget"):
-        covered = [doc for doc, template in workloads(every_rendering)
-                   if labels_match(budget["spec"]["selector"], template["metadata"]["labels"])]
-        assert covered, f"{named(budget)} covers no pod"
-        for workload in covered:
-            assert evictions_allowed(budget, fewest_replicas(every_rendering, workload)) >= 1, named(workload)
-        assert budget["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -479,72 +389,3 @@ def test_each_web_pod_migrates_before_it_serves_with_its_own_image_configuration
     assert {"DATABASE_URL", "DATABASE_PASSWORD_FILE"} <= {variable["name"] for variable in migrate["env"]}
 
 
-def test_no_immutable_field_names_a_generated_object_or_an_image_tag(every_rendering):
-    assert immutable_references(every_rendering) == []
-
-
-def test_a_job_reading_the_generated_configmap_would_be_found(manifests):
-    job = {"kind": "Job", "metadata": {"name": "db-migrate"},
-           "spec": {"template": find(manifests, "Deployment", "web")["spec"]["template"]}}
-    found = immutable_references([*manifests, job])
-    configmap, secret = (find(manifests, kind, name)["metadata"]["name"]
-                         for kind, name in (("ConfigMap", "web"), ("Secret", "db-password")))
-    assert found == sorted([f"Job/db-migrate names {configmap}", f"Job/db-migrate names {secret}"]) + [
-        f"Job/db-migrate names the image {IMAGE}"]
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Network policies, evaluated: which connections the rendered policies let through
-
-NAMESPACE = "notes"
-
-
-WEB = Peer(NAMESPACE, {"app.kubernetes.io/name": "web"})
-DB = Peer(NAMESPACE, {"app.kubernetes.io/name": "db"})
-OTHER_POD = Peer(NAMESPACE, {"app.kubernetes.io/name": "debug"})
-DNS = Peer("kube-system", {"k8s-app": "kube-dns"})
-# Resolvers on the node, which no pod selector matches: NodeLocal DNSCache, and GKE's metadata server (Cloud DNS).
-NODE_LOCAL_DNS = Peer(None, {}, address="169.254.20.10")
-METADATA_SERVER = Peer(None, {}, address="169.254.169.254")
-GATEWAY = Peer("gateway-system", {"app.kubernetes.io/name": "gateway"})
-PROMETHEUS = Peer("monitoring", {"app.kubernetes.io/name": "prometheus"})
-ELSEWHERE = Peer("elsewhere", {"app.kubernetes.io/name": "prometheus"})
-INTERNET = Peer(None, {}, address="203.0.113.53")
-
-
-def peer_name(value):
-    if isinstance(value, Peer):
-        return value.address or value.labels.get("app.kubernetes.io/name", value.namespace)
-    return None
-
-
-@pytest.mark.parametrize(("source", "destination", "port", "protocol", "allowed"), [
-    (GATEWAY, WEB, 8000, "TCP", True),
-    (ELSEWHERE, WEB, 8000, "TCP", True),
-    (WEB, DB, 5432, "TCP", True),
-    (WEB, DNS, 53, "UDP", True),
-    (WEB, DNS, 53, "TCP", True),
-    (WEB, NODE_LOCAL_DNS, 53, "UDP", True),
-    (WEB, METADATA_SERVER, 53, "UDP", True),
-    (PROMETHEUS, WEB, 9000, "TCP", True),
-    (GATEWAY, WEB, 9000, "TCP", False),
-    (ELSEWHERE, WEB, 9000, "TCP", False),
-    (OTHER_POD, WEB, 9000, "TCP", False),
-    (WEB, METADATA_SERVER, 80, "TCP", False),
-    (WEB, INTERNET, 53, "UDP", False),
-    (GATEWAY, DB, 5432, "TCP", False),
-    (OTHER_POD, DB, 5432, "TCP", False),
-    (WEB, INTERNET, 443, "TCP", False),
-    (DB, INTERNET, 443, "TCP", False),
-    (DB, DNS, 53, "UDP", False),
-    (DB, NODE_LOCAL_DNS, 53, "UDP", False),
-    (DB, WEB, 8000, "TCP", False),
-    (INTERNET, DB, 5432, "TCP", False),
-], ids=peer_name)
-def test_network_policies_allow_each_workload_only_the_connections_it_needs(
-        manifests, source, destination, port, protocol, allowed):
-    # The workloads must carry the labels this table assumes, or it would test policies against nobody.
-    pod_labels = [template["metadata"]["labels"] for _, template in workloads(manifests)]
-    assert all(peer.labels in pod_labels for peer in (source, destination)
-               if peer.namespace == NAMESPACE and peer is not OTHER_POD)
-    assert connection_allowed(manifests, source, destination, port, protocol) is allowed

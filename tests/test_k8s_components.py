@@ -1,9 +1,10 @@
 """The optional kustomize components in k8s/components/, each added to an overlay as k8s/README.md shows.
 
-Every component also passes tests/test_k8s.py's gates with every overlay (its `every_rendering` fixture) and checkov
-(`make k8s-validate`). What those cannot check is here: what each component changes, and the custom resources
+Every component also passes tests/test_k8s.py's gates with every overlay (its `every_rendering` fixture). What those
+cannot check is here: what each component changes, and the custom resources
 (HTTPRoute, ServiceMonitor) that kubernetes-validate has no schema for and checkov does not know. For those, the
 fields they use and every reference they make are checked; the rest of their CRD schemas is not validated offline.
+Each component is optional: a team that deletes one deletes its checks with it (only_with).
 """
 
 import re
@@ -11,10 +12,17 @@ import re
 import pytest
 import yaml
 from conftest import COMPONENTS, REPOSITORY, render
-from kube import Peer, connection_allowed, find, labels_match, named, pod_template, workloads
+from manifests import find, labels_match, named, pod_template, workloads
 from project import DEFAULT_VARIANT
 
 K8S = REPOSITORY / "k8s"
+# The components with checks of their own below.
+CHECKED = {"backup", "http-route", "service-monitor", "user-namespaces", "user-namespaces-db"}
+
+
+def only_with(component):
+    """A check of one component, which runs while k8s/components/<component> exists."""
+    return pytest.mark.skipif(component not in COMPONENTS, reason=f"k8s/components/{component} was deleted")
 
 
 def manifests_with(*added: str) -> list[dict]:
@@ -37,29 +45,8 @@ def test_every_component_is_a_kustomize_component_with_an_example_in_the_readme(
 
 
 def test_the_components_are_the_ones_these_tests_know():
-    # A new component still gets every gate of tests/test_k8s.py; this names the ones with checks of their own.
-    assert {"backup", "http-route", "service-monitor", "user-namespaces", "user-namespaces-db"} <= set(COMPONENTS)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# backup: a nightly pg_dump, which may reach the database and DNS only
-
-
-def test_with_the_backup_its_pod_reaches_the_database_and_every_dns_resolver_web_does_and_nothing_else():
-    manifests = manifests_with("backup")
-    backup = Peer("notes", {"app.kubernetes.io/name": "db-backup"})
-    # The labels the policies select must be the pod's, or this would test them against nobody.
-    assert pod_template(find(manifests, "CronJob", "db-backup"))["metadata"]["labels"] == backup.labels
-    assert connection_allowed(manifests, backup, Peer("notes", {"app.kubernetes.io/name": "db"}), 5432)
-    for protocol in ("UDP", "TCP"):
-        assert connection_allowed(manifests, backup, Peer("kube-system", {"k8s-app": "kube-dns"}), 53, protocol)
-    # NodeLocal DNSCache, on the node: no pod selector matches it.
-    assert connection_allowed(manifests, backup, Peer(None, {}, address="169.254.20.10"), 53, "UDP")
-    internet = Peer(None, {}, address="203.0.113.53")
-    assert not connection_allowed(manifests, backup, internet, 443)
-    assert not connection_allowed(manifests, backup, internet, 53, "UDP")
-    assert not connection_allowed(manifests, backup, Peer("notes", {"app.kubernetes.io/name": "web"}), 8000)
-    assert not connection_allowed(manifests, Peer("notes", {"app.kubernetes.io/name": "web"}), backup, 5432)
+    # A new (or renamed) component still gets every gate of tests/test_k8s.py; this makes it name its own checks.
+    assert set(COMPONENTS) <= CHECKED
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -70,6 +57,7 @@ def only_fields(obj: dict, allowed: set[str], where: str) -> None:
     assert set(obj) <= allowed, f"{where}: {set(obj) - allowed} is not a field this test knows"
 
 
+@only_with("http-route")
 def test_the_http_route_is_a_v1_route_from_a_gateway_to_the_web_services_http_port():
     manifests = manifests_with("http-route")
     [route] = added_by("http-route")
@@ -88,18 +76,7 @@ def test_the_http_route_is_a_v1_route_from_a_gateway_to_the_web_services_http_po
     assert service["metadata"]["name"] == "web"
 
 
-def test_with_the_http_route_only_the_gateways_namespace_reaches_web_and_prometheus_still_scrapes_it():
-    manifests = manifests_with("http-route")
-    gateway_namespace = find(manifests, "HTTPRoute", "web")["spec"]["parentRefs"][0]["namespace"]
-    web = Peer("notes", {"app.kubernetes.io/name": "web"})
-    gateway = Peer(gateway_namespace, {"app.kubernetes.io/name": "gateway"})
-    assert connection_allowed(manifests, gateway, web, 8000)
-    assert not connection_allowed(manifests, Peer("elsewhere", {}), web, 8000)
-    assert not connection_allowed(manifests, Peer("notes", {"app.kubernetes.io/name": "debug"}), web, 8000)
-    assert not connection_allowed(manifests, gateway, web, 9000)
-    assert connection_allowed(manifests, Peer("monitoring", {}), web, 9000)
-
-
+@only_with("http-route")
 def test_the_http_route_patch_fails_rather_than_narrow_another_rule_if_web_policys_rules_move():
     kustomization = (K8S / "components" / "http-route" / "kustomization.yaml").read_text()
     assert re.search(r"op: test\n\s+path: /spec/ingress/0/ports/0/port\n\s+value: 8000", kustomization)
@@ -109,6 +86,7 @@ def test_the_http_route_patch_fails_rather_than_narrow_another_rule_if_web_polic
 # service-monitor: the Prometheus Operator scrapes web's metrics port
 
 
+@only_with("service-monitor")
 def test_the_service_monitor_selects_a_headless_service_on_webs_metrics_port_at_the_annotated_path():
     manifests = manifests_with("service-monitor")
     added = {doc["kind"]: doc for doc in added_by("service-monitor")}
@@ -141,8 +119,8 @@ def test_the_service_monitor_selects_a_headless_service_on_webs_metrics_port_at_
 
 
 @pytest.mark.parametrize(("component", "in_user_namespace"), [
-    ("user-namespaces", {"Deployment/web"}),
-    ("user-namespaces-db", {"StatefulSet/db"}),
+    pytest.param("user-namespaces", {"Deployment/web"}, marks=only_with("user-namespaces")),
+    pytest.param("user-namespaces-db", {"StatefulSet/db"}, marks=only_with("user-namespaces-db")),
 ])
 def test_each_user_namespace_component_sets_host_users_false_on_its_workload_only(component, in_user_namespace):
     manifests = manifests_with(component)

@@ -7,7 +7,7 @@ the database and pods elsewhere cannot; only the monitoring namespace reaches th
 under load fails no request; a database outage leaves web in its Service answering 503 JSON; deleting the database
 pod loses no note; applying again after a ConfigMap change, and then the distroless overlay, succeeds. They change
 the cluster they run on, so they skip, saying so, unless KIND_CLUSTER is set. .github/workflows/kubernetes.yml runs
-them on every Kubernetes version in tools/project.py.
+them on every Kubernetes version in tests/project.py.
 
 The offline tests below them check that workflow and the README's kind version.
 """

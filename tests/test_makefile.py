@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 from conftest import REPOSITORY, copy_repository, free_port, one_line_error, wait_until
-from harness import learner_environment
+from containers import learner_environment
 from project import DEFAULT_VARIANT, IMAGE, VARIANTS
 
 

@@ -6,7 +6,7 @@ import urllib.error
 import urllib.request
 import uuid
 
-import harness
+import containers
 import pytest
 import requests
 from conftest import free_port, gunicorn_server, migrate_from_source, scrape, wait_until
@@ -100,9 +100,10 @@ def test_the_pool_reports_its_connections_and_the_build_its_origin(server):
     assert value(samples, "app_build_info", variant="source") == 1  # run from the source tree, not an image
 
 
+@pytest.mark.slow  # a real outage, waited out
 def test_a_503_during_a_database_outage_is_counted_with_its_status(app_environment, tmp_path):
     """Its own database, stopped under a running server as an outage would."""
-    with harness.postgres(port=free_port(), password="outage-password") as db:
+    with containers.postgres(port=free_port(), password="outage-password") as db:
         url = f"postgresql://notes@127.0.0.1:{db.get_exposed_port(5432)}/notes"
         environment = {**app_environment, "DATABASE_URL": url, "DATABASE_PASSWORD": "outage-password"}
         migrate_from_source(environment)
@@ -127,7 +128,7 @@ def test_prometheus_in_compose_scrapes_web_and_reports_its_requests(images):
         answer = requests.get(f"{prometheus}/api/v1/query", params={"query": expression}, timeout=5).json()
         return [float(result["value"][1]) for result in answer["data"]["result"]]
 
-    with harness.compose_project(images["slim"], COMPOSE_PROFILES="observability",
+    with containers.compose_project(images["slim"], COMPOSE_PROFILES="observability",
                                  PROMETHEUS_PORT=prometheus.rsplit(":", 1)[1]) as project:
         for _ in range(25):
             assert requests.get(f"{project.url}/", timeout=5).status_code == 200

@@ -14,7 +14,7 @@ import sys
 import time
 from contextlib import ExitStack
 
-import harness
+import containers
 import psycopg
 import pytest
 import requests
@@ -34,7 +34,7 @@ SERVER_STOPS_A_STATEMENT = (0.5, 2.0)
 
 @pytest.fixture(scope="module")
 def database():
-    with harness.postgres(port=free_port(), labels=TEST_LABEL) as container:
+    with containers.postgres(port=free_port(), labels=TEST_LABEL) as container:
         yield container
 
 

@@ -7,9 +7,6 @@ returns what it found wrong, so that the last tests can prove it catches a rebui
 
 import copy
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
@@ -18,7 +15,6 @@ from project import VARIANTS, dockerfile
 
 WORKFLOWS = REPOSITORY / ".github" / "workflows"
 CI = yaml.safe_load((WORKFLOWS / "ci.yml").read_text())
-RENOVATE = REPOSITORY / ".github" / "renovate.json"
 PUBLISH_IF = "github.event_name == 'push' && github.ref == 'refs/heads/main'"
 # A step that makes an image: an action that builds, or a command line that does.
 BUILD_ACTIONS = ("docker/build-push-action@", "docker/bake-action@")
@@ -188,13 +184,3 @@ def test_every_action_is_pinned_to_a_full_commit_sha(path):
     actions += [job["uses"] for job in workflow["jobs"].values() if "uses" in job]  # reusable workflows
     assert [action for action in actions if not action.startswith("./") and
             not re.fullmatch(r"[\w.-]+/[\w./-]+@[0-9a-f]{40}", action)] == []
-
-
-def test_the_renovate_config_follows_renovates_published_schema_and_ci_checks_it():
-    check_jsonschema = Path(sys.prefix) / "scan" / "bin" / "check-jsonschema"
-    assert check_jsonschema.exists(), f"{check_jsonschema} is missing: `make venv` installs the scanners"
-    result = subprocess.run([str(check_jsonschema), "--builtin-schema", "vendor.renovate", str(RENOVATE)],
-                            capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout + result.stderr
-    lint = " ".join(step.get("run", "") for step in steps(CI, "lint"))
-    assert "--builtin-schema vendor.renovate .github/renovate.json" in lint

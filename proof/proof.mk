@@ -1,0 +1,46 @@
+# The instruments' targets, which the Makefile pulls in with `-include proof/proof.mk`: lint and scan, measure, break
+# and compare the template, each with the virtual environment it needs. They read the shipped files and vary them
+# only through build args, environment and config files of their own (proof/bench/).
+
+.PHONY: scan bench drills compare k8s-validate
+
+# The instruments import the template's shared test modules (tests/) and their own (proof/, as a package).
+PROOF_PATH := PYTHONPATH=$(CURDIR):$(CURDIR)/tests
+
+# `make venv` and `make test` install these too while proof/ exists.
+venv test: $(VENV)/.fuzz-installed $(VENV)/checkov/bin/checkov $(VENV)/scan/.installed
+
+# schemathesis and hypothesis, for the bad-input drill: compiled with tests/requirements.txt as constraints, so they
+# share the tests' virtual environment.
+$(VENV)/.fuzz-installed: proof/drills/requirements-fuzz.txt $(VENV)/.installed
+	$(VENV)/bin/pip install --quiet --require-hashes -r proof/drills/requirements-fuzz.txt
+	touch $@
+
+# checkov pins packaging<24 and pytest needs >=24: it gets a virtual environment of its own.
+$(VENV)/checkov/bin/checkov: proof/scan/requirements-checkov.txt | $(VENV)/.installed
+	python3 -m venv $(VENV)/checkov
+	$(VENV)/checkov/bin/pip install --quiet --require-hashes -r proof/scan/requirements-checkov.txt
+	touch $@
+
+# The scanners get one too: cyclonedx-bom needs a newer cyclonedx-python-lib than checkov pins.
+$(VENV)/scan/.installed: proof/scan/requirements-scan.txt | $(VENV)/.installed
+	python3 -m venv $(VENV)/scan
+	$(VENV)/scan/bin/pip install --quiet --require-hashes -r proof/scan/requirements-scan.txt
+	touch $@
+
+scan: build $(VENV)/scan/.installed $(VENV)/checkov/bin/checkov ## lint and scan offline: hadolint, checkov, yamllint, SBOMs in build/sbom/, secrets, vulnerabilities
+	$(PROOF_PATH) $(VENV)/scan/bin/python -m proof.scan.scan --image-repository $(IMAGE)
+
+bench: $(VENV)/.installed ## measure worker models, images and both ceilings side by side; writes docs/benchmarks.md
+	$(PROOF_PATH) $(VENV)/bin/python -m proof.bench.bench
+
+drills: build $(VENV)/.fuzz-installed ## break the slim image on purpose (kills, outages, full disk, backups, bad input...); writes docs/drills.md
+	$(PROOF_PATH) $(VENV)/bin/python -m proof.drills $(IMAGE):$(firstword $(VARIANTS))
+
+compare: build $(VENV)/.installed ## one row per variant: size, layers, user, shell, package manager, setuid files, build times
+	$(PROOF_PATH) $(VENV)/bin/python -m proof.bench.compare $(IMAGE)
+
+k8s-validate: $(VENV)/.installed $(VENV)/scan/.installed $(VENV)/checkov/bin/checkov ## render both Kubernetes overlays, and the default one with each component, and check them offline: schemas, restricted profile, checkov
+	$(PYTEST) tests/test_k8s.py tests/test_k8s_components.py tests/test_kind.py proof/tests/test_k8s_policies.py \
+	  proof/tests/test_k8s_docker.py proof/tests/test_kube.py -m "not docker and not kind"
+	$(PROOF_PATH) $(VENV)/scan/bin/python -m proof.scan.scan --only checkov
