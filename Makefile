@@ -1,6 +1,7 @@
 # `make` lists the targets. Images come from five variables (four bases and Prometheus), their upstream defaults
 # below; .ci/airgap.mk (written by `bash .ci/run --setup-only` on a machine without a registry) points them at local
-# stand-ins. A team with a registry mirror sets them, e.g. make build PYTHON_IMAGE=mirror.example/python:3.13-slim-trixie
+# stand-ins. A team with a registry mirror sets them in the environment or on make's command line, each to the mirror's
+# copy of the same image (the README shows one).
 -include .ci/airgap.mk
 # The images this project builds on or runs beside, by their upstream names: the one home of these references.
 # Renovate (.github/renovate.json) pins each one by digest (name:tag@sha256:...) and keeps that digest current, here

@@ -23,9 +23,9 @@ $(VENV)/checkov/bin/checkov: proof/scan/requirements-checkov.txt | $(VENV)/.inst
 	touch $@
 
 # The scanners get one too: cyclonedx-bom needs a newer cyclonedx-python-lib than checkov pins.
-$(VENV)/scan/.installed: proof/scan/requirements-scan.txt | $(VENV)/.installed
+$(VENV)/scan/.installed: .github/requirements-lint.txt | $(VENV)/.installed
 	python3 -m venv $(VENV)/scan
-	$(VENV)/scan/bin/pip install --quiet --require-hashes -r proof/scan/requirements-scan.txt
+	$(VENV)/scan/bin/pip install --quiet --require-hashes -r .github/requirements-lint.txt
 	touch $@
 
 scan: build $(VENV)/scan/.installed $(VENV)/checkov/bin/checkov ## lint and scan offline: hadolint, checkov, yamllint, SBOMs in build/sbom/, secrets, vulnerabilities

@@ -125,15 +125,17 @@ def render(overlay, added=(), root=ROOT):
 GRACEFUL_TIMEOUT = 20  # seconds gunicorn lets requests finish after SIGTERM; every grace period must exceed it
 KEEPALIVE_SECONDS = 5  # a client has this long to send a request's headers, or to send the next request
 BODY_TIMEOUT_SECONDS = 10  # and this long more for its body
-DATABASE_WAIT_SECONDS = 1.0  # a request waits this long for a pooled connection, then answers 503
+DATABASE_WAIT_SECONDS = 0.5  # a request waits this long for a pooled connection, then answers 503
 DATABASE_TIMEOUT_SECONDS = 2.0  # and this long for the database's answer, then answers 503
 
 
 def gunicorn_settings(*names, environment=None, root=ROOT):
     """{name: value} of gunicorn.conf.py's settings as gunicorn would load them under `environment` (default: none of
-    the service's variables): the file is run in a process of its own, so nothing it does reaches this one."""
-    script = ("import json, runpy, sys; settings = runpy.run_path('gunicorn.conf.py'); "
-              "print(json.dumps({name: settings[name] for name in sys.argv[1:]}))")
+    the service's variables): the file is run in a process of its own, so nothing it does reaches this one. A name
+    may be an attribute of a module the settings import, e.g. `serving.BODY_TIMEOUT_SECONDS`."""
+    script = ("import functools, json, runpy, sys; settings = runpy.run_path('gunicorn.conf.py'); "
+              "value = lambda name: functools.reduce(getattr, name.split('.')[1:], settings[name.split('.')[0]]); "
+              "print(json.dumps({name: value(name) for name in sys.argv[1:]}))")
     with tempfile.TemporaryDirectory() as metrics:
         result = subprocess.run([sys.executable, "-c", script, *names], cwd=root, capture_output=True, text=True,
                                 env={"PATH": os.environ["PATH"], "PYTHONPATH": str(root),

@@ -7,7 +7,6 @@ import psycopg
 import pytest
 import yaml
 from conftest import REPOSITORY
-from project import gunicorn_settings
 
 import app as app_module
 
@@ -23,12 +22,12 @@ def k8s(name):
 
 
 def per_process(environment):
-    """(workers, pool max) of one web container with `environment` set on top of the images' defaults."""
-    workers = gunicorn_settings("workers", environment={name: value for name, value in environment.items()
-                                                        if name == "WEB_CONCURRENCY"})["workers"]
-    pool = {name: value for name, value in environment.items() if name.startswith("DATABASE_POOL_")}
-    pool_max = app_module.load_config(pool).pool_max_size
-    return workers, pool_max
+    """(workers, pool max) of one web container with `environment` set on top of the images' defaults, as app.py's
+    configuration reads them (gunicorn.conf.py takes its worker count from there)."""
+    read = {name: value for name, value in environment.items()
+            if name == "WEB_CONCURRENCY" or name.startswith("DATABASE_POOL_")}
+    config = app_module.load_config(read)
+    return config.workers, config.pool_max_size
 
 
 @pytest.fixture(scope="module")

@@ -161,12 +161,14 @@ def start_timed(variant, image, network):
 
 
 def with_config(image, config):
-    """The image's own command, with gunicorn's --config pointing at `config` instead of the shipped file."""
+    """The image's own command, with gunicorn's --config pointing at `config`: replaced where the command names one,
+    else added (the images run `python -m serving`, which passes its options on to gunicorn, the last --config
+    winning)."""
     command = json.loads(run("docker", "image", "inspect", "--format", "{{json .Config.Cmd}}", image))
-    if "--config" not in command[:-1]:
-        sys.exit(f"bench: {image}'s command {command} passes gunicorn no --config to replace")
-    at = command.index("--config") + 1
-    return [*command[:at], config, *command[at + 1:]]
+    if "--config" in command[:-1]:
+        at = command.index("--config") + 1
+        return [*command[:at], config, *command[at + 1:]]
+    return [*command, "--config", config]
 
 
 def url(container):

