@@ -29,6 +29,7 @@ from waits import answers, free_port, wait_until  # noqa: F401
 from app import VARIABLES
 
 REPOSITORY = project.ROOT
+project.export_images()
 # Marks the containers these fixtures start, so they can be found (`docker ps --filter label=...`) and told apart.
 TEST_LABEL = {"notes.tests": "test_app"}
 # Every variable the service reads (app.py's VARIABLES): removed from the environment a test hands to the app,

@@ -56,6 +56,13 @@ def make_values(root=ROOT):
     return dict(line.split("=", 1) for line in printed.splitlines())
 
 
+def export_images():
+    """Sets the images make uses in this process's environment, where not set already, as `make test` exports them:
+    a test file run alone with pytest, and every make, Compose and build it starts, then uses the same images."""
+    for name, value in make_values().items():
+        os.environ.setdefault(name, value)
+
+
 def base_image(variable):
     """An image as make passes it to builds and Compose: a mirror's, .ci/'s stand-in, or the upstream default."""
     return make_values()[variable]

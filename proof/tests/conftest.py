@@ -2,8 +2,11 @@
 
 import containers
 import docker
+import project
 import pytest
 from renderings import every_rendering, manifests, overlay, rendered  # noqa: F401
+
+project.export_images()
 
 
 @pytest.fixture(scope="session")
