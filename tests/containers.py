@@ -31,7 +31,7 @@ from testcontainers.core.container import DockerContainer  # noqa: E402
 from testcontainers.core.network import Network  # noqa: E402
 
 # `docker ps --filter label=notes.bench` finds what a run left behind, if it was killed before its clean-up.
-LABEL = {"notes.bench": "harness"}
+LABEL = {"notes.bench": "containers"}
 DB_PASSWORD = uuid.uuid4().hex
 DATABASE_ENV = {"DATABASE_URL": DATABASE_URL, "DATABASE_PASSWORD": DB_PASSWORD}
 # compose.yaml's restrictions on web: a drill must find what production would, not what a laxer container would.
@@ -130,7 +130,7 @@ class Stack:
 def stack(image, database=postgres):
     """db and web on a network of their own, web ready (/readyz 200); everything is removed on exit.
 
-    `database(network)` makes the db container: harness.postgres, or a drill's variation of it."""
+    `database(network)` makes the db container: postgres() above, or a drill's variation of it."""
     port = free_port()
     with Network() as network, database(network) as db:
         migrate(image, network)
