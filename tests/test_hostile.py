@@ -186,6 +186,16 @@ def test_a_malformed_content_length_answers_400_json_closes_and_logs_its_request
     assert "Traceback" not in written and "KeyError" not in written, written
 
 
+@pytest.mark.parametrize("coding", [b"xchunked", b"gzip, chunked", b"chunked;q=1"])
+def test_a_transfer_encoding_the_server_does_not_take_answers_400_not_a_5xx(server, coding):
+    # Any client can send one: a 5xx would let it drive the service's error rate.
+    request = (b"POST /api/notes HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+               b"Transfer-Encoding: %s\r\n\r\n2\r\n{}\r\n0\r\n\r\n" % coding)
+    status, headers, body = exchange(server["url"], request)
+    assert status == 400, body
+    assert json_error(headers, body)["code"] == "bad_request"
+
+
 @pytest.mark.parametrize("body", [b"zz\r\n{}\r\n0\r\n\r\n", b"2\r\n{}zz0\r\n\r\n"],
                          ids=["bad-chunk-size", "missing-chunk-terminator"])
 def test_a_malformed_chunked_body_answers_400_json_without_a_traceback(server, body):
