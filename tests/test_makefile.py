@@ -148,17 +148,6 @@ def test_up_without_the_password_beside_an_existing_volume_stops_before_creating
 # ---------------------------------------------------------------------------------------------- a stack of its own
 
 
-@pytest.fixture
-def own_stack(tmp_path):
-    """A fresh clone's copy, and make's arguments for a stack of its own there: project, port and image repository
-    (Compose builds it from the cache). `make clean` removes all three at the end."""
-    copy = copy_repository(tmp_path / "copy")
-    env = {**os.environ, "COMPOSE_PROJECT_NAME": f"notes-test-make-{uuid.uuid4().hex[:8]}"}
-    arguments = [f"WEB_PORT={free_port()}", f"IMAGE={IMAGE}-test-make"]
-    yield copy, env, arguments
-    make("clean", "FORCE=1", *arguments, env=env, cwd=copy, timeout=120)
-
-
 def container(docker_client, env, service):
     # By its name: while Compose replaces a container, the old one is still there under another.
     return docker_client.containers.get(f"{env['COMPOSE_PROJECT_NAME']}-{service}-1")
