@@ -112,7 +112,7 @@ export IMAGE WEB_PORT PROMETHEUS_PORT REVISION VERSION SOURCE
 # compose.yaml's secret db_password; `make up` creates it when missing.
 DB_PASSWORD_FILE := secrets/db_password.txt
 
-.PHONY: up down logs ps watch migrate backup restore clean psql debug check-engine check-port
+.PHONY: up down logs ps watch migrate backup restore clean psql debug rename check-engine check-port
 up: check-engine check-port $(DB_PASSWORD_FILE) ## build, start, wait until healthy (VARIANT=distroless, WEB_PORT=8081, COMPOSE_PROFILES=observability)
 	@$(COMPOSE) up --build --wait --wait-timeout 180 || { status=$$?; $(FAILED_LOGS); exit $$status; }
 	@echo "web: http://127.0.0.1:$(WEB_PORT)/"
@@ -182,6 +182,10 @@ debug: check-engine ## open a shell beside the running web container, which has 
 	  "From outside, even when web has exited: docker cp $$id:/app/app.py .   docker export $$id | tar -t"; \
 	docker run --rm --interactive $$([ -t 0 ] && echo --tty) --user 65532:65532 --cap-drop ALL \
 	  --security-opt no-new-privileges --pid container:$$id --network container:$$id $(DEBUG_IMAGE) sh
+
+# A copy of this repository becomes your project: tools/rename.py says what it changes, and what it leaves.
+rename: ## rename the project in every file: image, Compose project, labels, app and k8s namespace (NAME=acme-api)
+	@python3 tools/rename.py $(NAME)
 
 check-engine:
 	@out=$$(docker info 2>&1 >/dev/null) || case "$$out" in \

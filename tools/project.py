@@ -1,7 +1,8 @@
 """The project's shared facts, each read from the one file that defines it, for the tests and every tool.
 
 Variants and the image name come from the Makefile, the base-image defaults from the file it includes for them
-(tools/base-images.mk); the database URL and the migrate command from compose.yaml. tests/test_project.py proves
+(tools/base-images.mk); the project's name, the database URL and the migrate command from compose.yaml; the
+Kubernetes namespace from k8s/base/kustomization.yaml. tests/test_project.py proves
 that every other place that must agree does: the CI matrix, the Kubernetes overlays and manifests, the Dockerfiles
 and the README. render() is how the tests and tools/scan render the Kubernetes manifests.
 """
@@ -59,6 +60,9 @@ def base_image(variable):
 
 POSTGRES_IMAGE = base_image("POSTGRES_IMAGE")
 _COMPOSE = yaml.safe_load((ROOT / "compose.yaml").read_text())
+PROJECT = _COMPOSE["name"]  # the Compose project; `make rename` changes it with IMAGE
+# Every object's namespace in k8s/, which its Namespace object creates.
+NAMESPACE = yaml.safe_load((ROOT / "k8s" / "base" / "kustomization.yaml").read_text())["namespace"]
 DATABASE_URL = _COMPOSE["services"]["web"]["environment"]["DATABASE_URL"]
 MIGRATE = _COMPOSE["services"]["migrate"]["command"]  # `flask migrate`, as the web image runs it
 # The Kubernetes minor versions the manifests support: validated against each offline (tests/test_k8s.py) and run
