@@ -213,6 +213,21 @@ def test_each_make_up_builds_the_image_once_and_leaves_no_dangling_image(own_sta
     assert {image.labels["com.docker.compose.service"] for image in labelled} == {"web"}
 
 
+def test_port_check_names_a_busy_prometheus_port_only_when_prometheus_runs():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        check = ["make", "--no-print-directory", "check-port", f"PROMETHEUS_PORT={port}"]
+        alone = subprocess.run(check, cwd=REPOSITORY, capture_output=True, text=True)
+        observing = subprocess.run([*check, "COMPOSE_PROFILES=observability"], cwd=REPOSITORY, capture_output=True,
+                                   text=True)
+    assert alone.returncode == 0, alone.stderr
+    assert observing.returncode != 0
+    assert f"error: port {port} on 127.0.0.1 is in use" in observing.stderr
+    assert "PROMETHEUS_PORT=9091" in observing.stderr
+
+
 # ---------------------------------------------------------------------------------------------- the running stack
 
 
