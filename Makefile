@@ -125,6 +125,8 @@ DB_PASSWORD_FILE := secrets/db_password.txt
 .PHONY: up down logs ps watch migrate backup restore clean psql debug rename check-engine check-port
 up: check-engine check-port $(DB_PASSWORD_FILE) ## build, start, wait until healthy (VARIANT=distroless, WEB_PORT=8081, COMPOSE_PROFILES=observability)
 	@$(COMPOSE) up --build --wait --wait-timeout 180 || { status=$$?; $(FAILED_LOGS); $(MISSING_BASES); exit $$status; }
+	@# The image a code change replaced keeps no tag; Compose labelled it with the project, as `make watch` prunes it.
+	@docker image prune --force --filter label=com.docker.compose.project=$$($(PROJECT)) >/dev/null
 	@echo "web: http://127.0.0.1:$(WEB_PORT)/"
 	$(if $(OBSERVING),@echo "prometheus: http://127.0.0.1:$(PROMETHEUS_PORT)/ (web's metrics: http_requests_total, db_pool_connections ...)")
 	@echo "try: curl -H 'Content-Type: application/json' -d '{\"text\": \"hello\"}' http://127.0.0.1:$(WEB_PORT)/api/notes"

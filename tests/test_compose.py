@@ -201,7 +201,10 @@ def test_each_make_up_builds_the_image_once_and_leaves_no_dangling_image(own_sta
         return {image.id for image in docker_client.images.list(filters={"dangling": True, **project})}
 
     before = dangling()
-    for _ in range(3):
+    for number in range(3):
+        # A code change between two ups, as a learner makes: the image it replaces must not linger as <none>.
+        with (copy / "app.py").open("a") as app:
+            app.write(f"# edit {number}\n")
         up = subprocess.run(["make", "--no-print-directory", "up", *arguments], cwd=copy, capture_output=True,
                             text=True, timeout=300, env=harness.learner_environment(env))
         assert up.returncode == 0, up.stdout + up.stderr
