@@ -66,7 +66,8 @@ class Learner:
             command = self.own(command)
             for url in re.findall(r"http://127\.0\.0\.1:\d+/", command.split("  # ")[0]):
                 # As a learner reads the last line before typing the next: a container just started answers soon.
-                wait_until(lambda: requests.get(url, timeout=2) is not None, timeout=60, what=f"{url} to answer")
+                wait_until(lambda url=url: requests.get(url, timeout=2) is not None, timeout=60,
+                           what=f"{url} to answer")
             done = subprocess.run(["bash", "-c", command], cwd=self.copy, env=self.environment,
                                   capture_output=True, text=True, timeout=600)
             assert done.returncode == 0, f"{command}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
