@@ -30,7 +30,7 @@ from conftest import (
 from psycopg import sql
 from test_gunicorn import trickle
 
-from app import MIGRATION_LOCK
+from app import APPLICATION_NAME, MIGRATION_LOCK
 
 # Bodies over 64 KiB are refused with 413, however they are sent (README, docs/openapi.yaml).
 BODY_LIMIT = 64 * 1024
@@ -387,8 +387,8 @@ def test_a_locked_table_answers_503_within_the_bound_and_the_pool_keeps_its_conn
         note_url = server["url"] + created.headers["Location"]
 
         def pool_pids():
-            pids = watcher.execute("SELECT pid FROM pg_stat_activity WHERE application_name = 'notes-web' "
-                                   "AND datname = %s", (name,)).fetchall()
+            pids = watcher.execute("SELECT pid FROM pg_stat_activity WHERE application_name = %s AND datname = %s",
+                                   (APPLICATION_NAME, name)).fetchall()
             return {pid for (pid,) in pids}
 
         before = wait_until(lambda: len(pids := pool_pids()) == pool_size and pids, timeout=15,

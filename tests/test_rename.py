@@ -9,7 +9,7 @@ import pytest
 import yaml
 from conftest import copy_repository, one_line_error
 from harness import learner_environment
-from project import DEFAULT_VARIANT, IMAGE, PROJECT, render
+from project import DEFAULT_VARIANT, IMAGE, render
 
 RENAMED = "acme-api"
 
@@ -47,9 +47,10 @@ def test_rename_names_the_image_labels_help_compose_project_namespace_and_databa
     assert {doc["metadata"]["name"] if doc["kind"] == "Namespace" else doc["metadata"]["namespace"]
             for doc in manifests} == {RENAMED}
     assert {doc["metadata"]["labels"]["app.kubernetes.io/part-of"] for doc in manifests} == {RENAMED}
-    # What web and migrate tell PostgreSQL they are (pg_stat_activity.application_name).
-    app = (renamed / "app.py").read_text()
-    assert f'"{RENAMED}"' in app and f'"{RENAMED}-migrate"' in app and f'"{PROJECT}-migrate"' not in app
+    # What web tells PostgreSQL it is (pg_stat_activity.application_name); migrate adds "-migrate" to it.
+    told = subprocess.run([sys.executable, "-c", "import app; print(app.APPLICATION_NAME)"], cwd=renamed,
+                          capture_output=True, text=True, check=True).stdout
+    assert told == f"{RENAMED}\n"
 
 
 @pytest.mark.parametrize("name", ["", "Acme", "acme_api", "-acme", "acme api"])
