@@ -22,8 +22,13 @@ PYTEST := $(VENV)/bin/python -m pytest
 .DEFAULT_GOAL := help
 .PHONY: help test check venv print-images
 
-help: ## list the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z0-9-]+:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+# What a day's work uses, listed first by `make help`; the other targets follow in the order they are written.
+EVERYDAY := up down logs ps watch psql backup
+help: ## list the targets, the everyday ones first
+	@awk -v everyday="$(EVERYDAY)" 'BEGIN {FS = ":.*## "; n = split(everyday, first, " ")} \
+	  /^[a-z0-9-]+:.*## / {said[$$1] = $$2; if (index(" " everyday " ", " " $$1 " ") == 0) rest[++m] = $$1} \
+	  END {for (i = 1; i <= n; i++) printf "  make %-14s %s\n", first[i], said[first[i]]; print ""; \
+	       for (i = 1; i <= m; i++) printf "  make %-14s %s\n", rest[i], said[rest[i]]}' $(MAKEFILE_LIST)
 
 venv: $(VENV)/.installed ## create .venv with the pinned test dependencies
 
@@ -83,12 +88,17 @@ WEB_PORT ?= 8000
 PROMETHEUS_PORT ?= 9090
 comma := ,
 DEBUG_IMAGE ?= $(PYTHON_IMAGE)
+OBSERVING = $(filter observability,$(subst $(comma), ,$(COMPOSE_PROFILES)))
 # Checked before anything runs: a wrong value would otherwise surface as a BuildKit path or a port "in use".
 ifneq ($(filter-out $(VARIANTS),$(or $(VARIANT),$(firstword $(VARIANTS)))),)
 $(error VARIANT=$(VARIANT) is not a variant: use one of $(VARIANTS), e.g. make up VARIANT=distroless)
 endif
-ifeq ($(shell [ "$(WEB_PORT)" -ge 1 ] 2>/dev/null && [ "$(WEB_PORT)" -le 65535 ] && echo ok),)
+port_number = $(shell [ "$($1)" -ge 1 ] 2>/dev/null && [ "$($1)" -le 65535 ] && echo ok)
+ifeq ($(call port_number,WEB_PORT),)
 $(error WEB_PORT=$(WEB_PORT) is not a port number: use one from 1 to 65535, e.g. make up WEB_PORT=8081)
+endif
+ifeq ($(call port_number,PROMETHEUS_PORT),)
+$(error PROMETHEUS_PORT=$(PROMETHEUS_PORT) is not a port number: use one from 1 to 65535, e.g. PROMETHEUS_PORT=9091)
 endif
 # compose.yaml reads an unset VARIANT as slim; "slim" itself would name a Dockerfile.slim, which does not exist.
 ifeq ($(VARIANT),slim)
@@ -100,11 +110,13 @@ export IMAGE WEB_PORT PROMETHEUS_PORT REVISION VERSION SOURCE
 # compose.yaml's secret db_password; `make up` creates it when missing.
 DB_PASSWORD_FILE := secrets/db_password.txt
 
-.PHONY: up down logs ps watch migrate backup restore clean psql debug check-engine check-port
+.PHONY: up down logs ps watch migrate backup restore clean psql debug rename check-engine check-port
 up: check-engine check-port $(DB_PASSWORD_FILE) ## build, start, wait until healthy (VARIANT=distroless, WEB_PORT=8081, COMPOSE_PROFILES=observability)
-	@$(COMPOSE) up --build --wait --wait-timeout 180 || { status=$$?; $(FAILED_LOGS); exit $$status; }
+	@$(COMPOSE) up --build --wait --wait-timeout 180 || { status=$$?; $(FAILED_LOGS); $(MISSING_BASES); exit $$status; }
+	@# The image a code change replaced keeps no tag; Compose labelled it with the project, as `make watch` prunes it.
+	@docker image prune --force --filter label=com.docker.compose.project=$$($(PROJECT)) >/dev/null
 	@echo "web: http://127.0.0.1:$(WEB_PORT)/"
-	$(if $(filter observability,$(subst $(comma), ,$(COMPOSE_PROFILES))),@echo "prometheus: http://127.0.0.1:$(PROMETHEUS_PORT)/ (web's metrics: http_requests_total, db_pool_connections ...)")
+	$(if $(OBSERVING),@echo "prometheus: http://127.0.0.1:$(PROMETHEUS_PORT)/ (web's metrics: http_requests_total, db_pool_connections ...)")
 	@echo "try: curl -H 'Content-Type: application/json' -d '{\"text\": \"hello\"}' http://127.0.0.1:$(WEB_PORT)/api/notes"
 
 down: check-engine ## stop and remove the containers; the notes stay in the db_data volume
@@ -171,6 +183,10 @@ debug: check-engine ## open a shell beside the running web container, which has 
 	docker run --rm --interactive $$([ -t 0 ] && echo --tty) --user 65532:65532 --cap-drop ALL \
 	  --security-opt no-new-privileges --pid container:$$id --network container:$$id $(DEBUG_IMAGE) sh
 
+# A copy of this repository becomes your project: rename.py says what it changes, and what it leaves.
+rename: ## rename the project in every file: image, Compose project, labels, app and k8s namespace (NAME=acme-api)
+	@python3 rename.py $(NAME)
+
 check-engine:
 	@out=$$(docker info 2>&1 >/dev/null) || case "$$out" in \
 	  *"permission denied"*) echo "error: permission denied on the Docker socket: add yourself to the docker group" \
@@ -185,15 +201,27 @@ FAILED_LOGS = $(COMPOSE) ps --all --format '{{.Service}}|{{.State}}|{{.Health}}|
   | while read -r service; do echo "--- $$service is $$($(COMPOSE) ps --all --format '{{.Status}}' $$service);" \
       "its last lines (make logs shows all):" >&2; $(COMPOSE) logs --no-log-prefix --tail=15 $$service >&2; done
 
+# A failed `make up` whose images are neither here nor pullable (a fresh clone on a machine without a registry)
+# says what to do, after Compose's own words, which name only a host it could not reach.
+BASES = $(POSTGRES_IMAGE) $(if $(VARIANT),$(BUILD_IMAGE) $(DISTROLESS_IMAGE),$(PYTHON_IMAGE))
+MISSING_BASES = missing=$$(for image in $(BASES); do \
+    docker image inspect "$$image" >/dev/null 2>&1 || echo "$$image"; done); \
+  [ -z "$$missing" ] \
+  || echo "error: neither on this machine nor pulled:" $$missing "- without a registry, run bash .ci/run --setup-only" \
+          "first; behind a mirror, name its images (make up POSTGRES_IMAGE=mirror.example/postgres:17-trixie ...)" >&2
+
 # The Compose project's name: compose.yaml's `name:`, or COMPOSE_PROJECT_NAME when set.
 PROJECT = $(COMPOSE) config --format json 2>/dev/null | python3 -c 'import json, sys; print(json.load(sys.stdin)["name"])' 2>/dev/null
 
-# Free, or already published by this stack's web (a second `make up` must not fail on its own port).
+# Each port `up` publishes is free, or already published by this stack's own service (a second `make up` must not
+# fail on its own port): $(call port_free,SERVICE,ITS PORT,VARIABLE,ANOTHER PORT).
+BINDS = python3 -c 'import socket, sys; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); \
+                    s.bind(("127.0.0.1", int(sys.argv[1])))'
+port_free = [ "$$($(COMPOSE) port $1 $2 2>/dev/null)" = "127.0.0.1:$($3)" ] || $(BINDS) $($3) 2>/dev/null \
+  || { echo "error: port $($3) on 127.0.0.1 is in use: pick another, e.g. make up $3=$4" >&2; exit 1; }
 check-port:
-	@[ "$$($(COMPOSE) port web 8000 2>/dev/null)" = "127.0.0.1:$(WEB_PORT)" ] \
-	  || python3 -c 'import socket, sys; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); \
-	                 s.bind(("127.0.0.1", int(sys.argv[1])))' $(WEB_PORT) 2>/dev/null \
-	  || { echo "error: port $(WEB_PORT) on 127.0.0.1 is in use: pick another, e.g. make up WEB_PORT=8081" >&2; exit 1; }
+	@$(call port_free,web,8000,WEB_PORT,8081)
+	$(if $(OBSERVING),@$(call port_free,prometheus,9090,PROMETHEUS_PORT,9091))
 
 # Random, and ignored by git. Compose bind-mounts a file secret with the host file's owner and mode (its uid, gid
 # and mode options need Swarm), so the file is 644 for web's uid 65532 and db's 999; the 700 directory keeps

@@ -36,7 +36,7 @@ import gevent  # noqa: E402
 from gunicorn import util  # noqa: E402
 from gunicorn.glogging import Logger as GunicornLogger  # noqa: E402
 from gunicorn.http import wsgi  # noqa: E402
-from gunicorn.http.errors import ParseException  # noqa: E402
+from gunicorn.http.errors import InvalidHeader, ParseException, UnsupportedTransferCoding  # noqa: E402
 from gunicorn.workers.ggevent import GeventWorker  # noqa: E402
 from prometheus_client import Counter, multiprocess  # noqa: E402
 from werkzeug.exceptions import BadRequest  # noqa: E402
@@ -267,6 +267,10 @@ class Worker(GeventWorker):
             gevent.sleep(0)
 
     def handle_error(self, req, client, addr, exc):
+        if isinstance(exc, UnsupportedTransferCoding):
+            # RFC 9112 suggests 501, but the fault is the client's, and a 5xx any client can provoke at will would
+            # read as the service failing (an error rate, an alert): 400, naming the header.
+            exc = InvalidHeader("Transfer-Encoding")
         token = ERROR_REQUEST_ID.set(uuid.uuid4().hex)
         try:
             super().handle_error(req, client, addr, exc)

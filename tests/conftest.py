@@ -5,6 +5,7 @@ import re
 import subprocess
 import sys
 import urllib.request
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -167,6 +168,22 @@ def docker_client():
     client = docker.from_env()
     yield client
     client.close()
+
+
+@pytest.fixture
+def own_stack(tmp_path, docker_client):
+    """A fresh clone's copy, and make's arguments for a stack of its own there: project, port and image repository
+    (Compose builds it from the cache). `make clean` removes all three at the end, and any image Compose left
+    labelled with the project."""
+    copy = copy_repository(tmp_path / "copy")
+    project = f"{IMAGE}-test-make-{uuid.uuid4().hex[:8]}"
+    env = {**os.environ, "COMPOSE_PROJECT_NAME": project}
+    arguments = [f"WEB_PORT={free_port()}", f"IMAGE={IMAGE}-test-make"]
+    yield copy, env, arguments
+    subprocess.run(["make", "--no-print-directory", "clean", "FORCE=1", *arguments], cwd=copy,
+                   env=containers.learner_environment(env), capture_output=True, timeout=120)
+    for image in docker_client.images.list(all=True, filters={"label": f"com.docker.compose.project={project}"}):
+        docker_client.images.remove(image.id, force=True)
 
 
 @pytest.fixture(scope="session")

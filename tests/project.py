@@ -1,7 +1,8 @@
 """The project's shared facts, each read from the one file that defines it, for the tests and anything else.
 
 Variants, the image name and the images' upstream defaults come from the Makefile, the images make actually uses
-(a mirror's, or .ci/'s stand-ins) from make itself; the database URL and the migrate command from compose.yaml.
+(a mirror's, or .ci/'s stand-ins) from make itself; the project's name, the database URL and the migrate command
+from compose.yaml; the Kubernetes namespace from k8s/base/kustomization.yaml.
 render() renders the Kubernetes manifests; copy_repository() copies the working tree for a test to change.
 """
 
@@ -81,6 +82,9 @@ def copy_repository(destination):
 
 POSTGRES_IMAGE = base_image("POSTGRES_IMAGE")
 _COMPOSE = yaml.safe_load((ROOT / "compose.yaml").read_text())
+PROJECT = _COMPOSE["name"]  # the Compose project; `make rename` changes it with IMAGE
+# Every object's namespace in k8s/, which its Namespace object creates.
+NAMESPACE = yaml.safe_load((ROOT / "k8s" / "base" / "kustomization.yaml").read_text())["namespace"]
 DATABASE_URL = _COMPOSE["services"]["web"]["environment"]["DATABASE_URL"]
 MIGRATE = _COMPOSE["services"]["migrate"]["command"]  # `flask migrate`, as the web image runs it
 # The Kubernetes minor versions the manifests support: validated against each offline (tests/test_k8s.py) and run

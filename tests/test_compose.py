@@ -152,7 +152,9 @@ def test_db_writes_only_its_volume_and_the_paths_its_kubernetes_pod_mounts_writa
 def test_web_and_migrate_run_the_image_built_from_the_variants_dockerfile(config, variant):
     web, migrate = config["services"]["web"], config["services"]["migrate"]
     assert web["image"] == migrate["image"] == f"{IMAGE}:{variant}-{config['name']}"
-    assert web["build"] == migrate["build"] and web["build"]["dockerfile"] == dockerfile(variant)
+    assert web["build"]["dockerfile"] == dockerfile(variant)
+    # One build: migrate runs web's image and never asks a registry for it.
+    assert "build" not in migrate and migrate["pull_policy"] == "never"
 
 
 def test_each_stack_tags_an_image_of_its_own_apart_from_make_builds(variant, tmp_path, monkeypatch):
@@ -164,10 +166,15 @@ def test_each_stack_tags_an_image_of_its_own_apart_from_make_builds(variant, tmp
 
 
 def test_a_code_change_under_watch_rebuilds_web_and_migrate_alike(config):
-    # migrate's rebuild re-runs it, so `make watch` applies a new migration before web needs it.
+    # web's rebuild makes the image migrate runs, and the same change runs migrate again, so `make watch` applies
+    # a new migration before web needs it (test_makefile.py watches it live).
     web, migrate = config["services"]["web"], config["services"]["migrate"]
-    assert web["develop"] == migrate["develop"]
-    assert {rule["path"].rsplit("/", 1)[-1] for rule in web["develop"]["watch"]} >= {"app.py", "requirements.txt"}
+    assert migrate["image"] == web["image"]
+    watched = {service: {(rule["action"], rule["path"]) for rule in config["services"][service]["develop"]["watch"]}
+               for service in ("web", "migrate")}
+    assert {("restart", path) for _, path in watched["web"]} == watched["migrate"]
+    assert {action for action, _ in watched["web"]} == {"rebuild"}
+    assert {path.rsplit("/", 1)[-1] for _, path in watched["web"]} >= {"app.py", "requirements.txt"}
 
 
 def test_web_is_given_longer_to_stop_than_gunicorns_graceful_timeout(config):
@@ -184,6 +191,44 @@ def test_port_check_before_make_up_names_the_busy_port_and_suggests_another():
     assert result.returncode != 0
     assert f"error: port {port} on 127.0.0.1 is in use" in result.stderr
     assert "WEB_PORT=8081" in result.stderr
+
+
+def test_each_make_up_builds_the_image_once_and_leaves_no_dangling_image(own_stack, docker_client):
+    copy, env, arguments = own_stack
+    project = {"label": f"com.docker.compose.project={env['COMPOSE_PROJECT_NAME']}"}
+
+    def dangling():
+        return {image.id for image in docker_client.images.list(filters={"dangling": True, **project})}
+
+    before = dangling()
+    for number in range(3):
+        # A code change between two ups, as a learner makes: the image it replaces must not linger as <none>.
+        with (copy / "app.py").open("a") as app:
+            app.write(f"# edit {number}\n")
+        up = subprocess.run(["make", "--no-print-directory", "up", *arguments], cwd=copy, capture_output=True,
+                            text=True, timeout=300, env=containers.learner_environment(env))
+        assert up.returncode == 0, up.stdout + up.stderr
+        # Compose names the service of each build it starts, as `[web internal] load build definition`.
+        built = re.findall(r"\[(\S+) internal\] load build definition", up.stdout + up.stderr)
+        assert built == ["web"], up.stdout + up.stderr
+    assert dangling() - before == set()
+    labelled = docker_client.images.list(all=True, filters=project)
+    assert {image.labels["com.docker.compose.service"] for image in labelled} == {"web"}
+
+
+def test_port_check_names_a_busy_prometheus_port_only_when_prometheus_runs():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        check = ["make", "--no-print-directory", "check-port", f"PROMETHEUS_PORT={port}"]
+        alone = subprocess.run(check, cwd=REPOSITORY, capture_output=True, text=True)
+        observing = subprocess.run([*check, "COMPOSE_PROFILES=observability"], cwd=REPOSITORY, capture_output=True,
+                                   text=True)
+    assert alone.returncode == 0, alone.stderr
+    assert observing.returncode != 0
+    assert f"error: port {port} on 127.0.0.1 is in use" in observing.stderr
+    assert "PROMETHEUS_PORT=9091" in observing.stderr
 
 
 # ---------------------------------------------------------------------------------------------- the running stack

@@ -30,7 +30,7 @@ from conftest import (
 from psycopg import sql
 from test_gunicorn import trickle
 
-from app import MIGRATION_LOCK
+from app import APPLICATION_NAME, MIGRATION_LOCK
 
 # Bodies over 64 KiB are refused with 413, however they are sent (README, docs/openapi.yaml).
 BODY_LIMIT = 64 * 1024
@@ -184,6 +184,16 @@ def test_a_malformed_content_length_answers_400_json_closes_and_logs_its_request
     wait_until(lambda: request_id in logs_since(server, mark), timeout=10, what=f"a log line naming {request_id}")
     written = logs_since(server, mark)
     assert "Traceback" not in written and "KeyError" not in written, written
+
+
+@pytest.mark.parametrize("coding", [b"xchunked", b"gzip, chunked", b"chunked;q=1"])
+def test_a_transfer_encoding_the_server_does_not_take_answers_400_not_a_5xx(server, coding):
+    # Any client can send one: a 5xx would let it drive the service's error rate.
+    request = (b"POST /api/notes HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+               b"Transfer-Encoding: %s\r\n\r\n2\r\n{}\r\n0\r\n\r\n" % coding)
+    status, headers, body = exchange(server["url"], request)
+    assert status == 400, body
+    assert json_error(headers, body)["code"] == "bad_request"
 
 
 @pytest.mark.parametrize("body", [b"zz\r\n{}\r\n0\r\n\r\n", b"2\r\n{}zz0\r\n\r\n"],
@@ -377,8 +387,8 @@ def test_a_locked_table_answers_503_within_the_bound_and_the_pool_keeps_its_conn
         note_url = server["url"] + created.headers["Location"]
 
         def pool_pids():
-            pids = watcher.execute("SELECT pid FROM pg_stat_activity WHERE application_name = 'notes-web' "
-                                   "AND datname = %s", (name,)).fetchall()
+            pids = watcher.execute("SELECT pid FROM pg_stat_activity WHERE application_name = %s AND datname = %s",
+                                   (APPLICATION_NAME, name)).fetchall()
             return {pid for (pid,) in pids}
 
         before = wait_until(lambda: len(pids := pool_pids()) == pool_size and pids, timeout=15,

@@ -16,7 +16,7 @@ import kubernetes_validate
 import pytest
 from conftest import GRACEFUL_TIMEOUT, render
 from manifests import all_containers, config_data, find, labels_match, named, parse_quantity, workloads
-from project import DEFAULT_VARIANT, IMAGE, KUBERNETES_VERSIONS, VARIANTS
+from project import DEFAULT_VARIANT, IMAGE, KUBERNETES_VERSIONS, NAMESPACE, PROJECT, VARIANTS
 from project import MIGRATE as MIGRATE_COMMAND
 from yamllint import linter
 from yamllint.config import YamlLintConfig
@@ -105,7 +105,7 @@ def test_overlays_differ_only_in_the_web_image():
 
 
 def test_namespace_enforces_the_restricted_profile_pinned_to_the_oldest_supported_version(manifests):
-    namespace = find(manifests, "Namespace", "notes")
+    namespace = find(manifests, "Namespace", NAMESPACE)
     assert namespace["metadata"]["labels"].items() >= {
         "pod-security.kubernetes.io/enforce": "restricted",
         "pod-security.kubernetes.io/enforce-version": f"v{KUBERNETES_VERSIONS[0]}",
@@ -119,10 +119,10 @@ def test_namespace_enforces_the_restricted_profile_pinned_to_the_oldest_supporte
 def test_every_object_lives_in_the_namespace_that_enforces_the_profile_and_is_labelled_part_of_notes(
         every_rendering):
     outside = [named(doc) for doc in every_rendering
-               if doc["kind"] != "Namespace" and doc["metadata"].get("namespace") != "notes"]
+               if doc["kind"] != "Namespace" and doc["metadata"].get("namespace") != NAMESPACE]
     assert outside == [], "these objects would escape the namespace that enforces the profile"
     unlabelled = [named(doc) for doc in every_rendering
-                  if doc["metadata"].get("labels", {}).get("app.kubernetes.io/part-of") != "notes"]
+                  if doc["metadata"].get("labels", {}).get("app.kubernetes.io/part-of") != PROJECT]
     assert unlabelled == []
 
 

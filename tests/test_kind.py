@@ -24,17 +24,17 @@ import pytest
 import requests
 import yaml
 from conftest import REPOSITORY, wait_until
-from project import DEFAULT_VARIANT, IMAGE, KUBERNETES_VERSIONS, VARIANTS
+from project import DEFAULT_VARIANT, IMAGE, KUBERNETES_VERSIONS, NAMESPACE, VARIANTS
 
 CLUSTER = os.environ.get("KIND_CLUSTER")
 README = REPOSITORY / "k8s" / "README.md"
 WORKFLOW = REPOSITORY / ".github" / "workflows" / "kubernetes.yml"
-NAMESPACE = "notes"
-OUTSIDE = "notes-outside"  # no NetworkPolicy here: clients that are not web, as another team's pods would be
+# No NetworkPolicy here: clients that are not web, as another team's pods would be.
+OUTSIDE = f"{NAMESPACE}-outside"
 MONITORING = "monitoring"  # the one namespace web's NetworkPolicy admits on the metrics port
 # README steps the live tests leave out: the workflow builds and creates the cluster (with a pinned node image)
 # before them, and a port-forward runs until stopped (the tests open their own, on a free port).
-NOT_RUN = ("make build", "kind create cluster", "kubectl -n notes port-forward")
+NOT_RUN = ("make build", "kind create cluster", f"kubectl -n {NAMESPACE} port-forward")
 # The first kind release whose default node runs each Kubernetes minor, from that release's notes (kind v0.31.0:
 # "The default node image is now kindest/node:v1.35.0@sha256:452d707d...").
 FIRST_KIND_DEFAULTING_TO = {"1.35": (0, 31, 0)}
@@ -425,9 +425,9 @@ def test_the_readme_asks_for_a_kind_whose_default_node_runs_the_oldest_supported
 def test_the_readme_steps_the_live_tests_run_include_loading_applying_and_waiting():
     run = [command for command in readme_cluster_steps() if not command.startswith(NOT_RUN)]
     assert any(command.startswith("docker image save --platform") for command in run)
-    assert "kind load image-archive notes-web.tar" in run
+    assert f"kind load image-archive {IMAGE}.tar" in run
     assert not any(command.startswith("kind load docker-image") for command in run), "fails with containerd's store"
     assert f"kubectl apply -k k8s/overlays/{DEFAULT_VARIANT}" in run
     for workload in ("statefulset/db", "deployment/web"):
-        assert f"kubectl -n notes rollout status {workload} --timeout=5m" in run
+        assert f"kubectl -n {NAMESPACE} rollout status {workload} --timeout=5m" in run
     assert not any("--watch" in command for command in run), "a step that never returns"

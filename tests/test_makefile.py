@@ -10,7 +10,7 @@ import uuid
 import pytest
 from conftest import REPOSITORY, copy_repository, free_port, one_line_error, wait_until
 from containers import learner_environment
-from project import DEFAULT_VARIANT, IMAGE, VARIANTS
+from project import BASE_VARIABLES, DEFAULT_VARIANT, IMAGE, VARIANTS
 
 
 def make(*arguments, answer=None, env=None, cwd=REPOSITORY, timeout=60):
@@ -28,6 +28,20 @@ def test_a_wrong_variant_stops_make_before_anything_runs_naming_the_variants(var
 def test_a_web_port_that_is_not_a_port_number_says_so(port):
     line = one_line_error(make("-n", "up", f"WEB_PORT={port}"))
     assert f"WEB_PORT={port} is not a port number" in line and "WEB_PORT=8081" in line
+
+
+@pytest.mark.parametrize("port", ["abc", "0", "70000"])
+def test_a_prometheus_port_that_is_not_a_port_number_says_so(port):
+    line = one_line_error(make("-n", "up", f"PROMETHEUS_PORT={port}"))
+    assert f"PROMETHEUS_PORT={port} is not a port number" in line and "PROMETHEUS_PORT=9091" in line
+
+
+def test_help_lists_the_everyday_targets_first_then_every_other():
+    listed = [line.split()[1] for line in make("help").stdout.splitlines() if line.strip()]
+    everyday = ["up", "down", "logs", "ps", "watch", "psql", "backup"]
+    assert listed[:len(everyday)] == everyday
+    assert {"build", "test", "clean", "restore", "rename", "help"} <= set(listed[len(everyday):])
+    assert len(listed) == len(set(listed))
 
 
 def test_restore_without_a_file_stops_make_before_anything_runs_naming_an_archive(tmp_path):
@@ -148,15 +162,16 @@ def test_up_without_the_password_beside_an_existing_volume_stops_before_creating
 # ---------------------------------------------------------------------------------------------- a stack of its own
 
 
-@pytest.fixture
-def own_stack(tmp_path):
-    """A fresh clone's copy, and make's arguments for a stack of its own there: project, port and image repository
-    (Compose builds it from the cache). `make clean` removes all three at the end."""
-    copy = copy_repository(tmp_path / "copy")
-    env = {**os.environ, "COMPOSE_PROJECT_NAME": f"notes-test-make-{uuid.uuid4().hex[:8]}"}
-    arguments = [f"WEB_PORT={free_port()}", f"IMAGE={IMAGE}-test-make"]
-    yield copy, env, arguments
-    make("clean", "FORCE=1", *arguments, env=env, cwd=copy, timeout=120)
+@pytest.mark.docker
+def test_up_where_no_registry_gives_the_images_names_the_setup_step_in_one_line(own_stack):
+    # A fresh clone (no .ci/airgap.mk: git ignores it) on a machine where no registry answers: names in the
+    # reserved .invalid domain fail to pull anywhere, as every name does there.
+    copy, env, arguments = own_stack
+    unreachable = [f"{name}=registry.invalid/{name.lower()}:1" for name in BASE_VARIABLES]
+    result = make("up", *arguments, *unreachable, env=env, cwd=copy, timeout=120)
+    assert result.returncode != 0
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert "bash .ci/run --setup-only" in line and "registry.invalid/postgres_image:1" in line, result.stderr
 
 
 def container(docker_client, env, service):

@@ -11,7 +11,7 @@ import re
 import pytest
 import yaml
 from conftest import REPOSITORY
-from project import VARIANTS, dockerfile
+from project import DEFAULT_VARIANT, IMAGE, VARIANTS, dockerfile
 
 WORKFLOWS = REPOSITORY / ".github" / "workflows"
 CI = yaml.safe_load((WORKFLOWS / "ci.yml").read_text())
@@ -152,7 +152,8 @@ def test_a_rebuild_in_publish_or_a_scan_of_another_image_is_caught():
     step_with_id(loaded, "image", "build")["with"]["load"] = True
     assert scan_problems(loaded)
     rebuilt_by_hand = copy.deepcopy(CI)
-    steps(rebuilt_by_hand, "image").insert(6, {"run": "docker buildx build --load -t notes-web:slim ."})
+    rebuild = f"docker buildx build --load -t {IMAGE}:{DEFAULT_VARIANT} ."
+    steps(rebuilt_by_hand, "image").insert(6, {"run": rebuild})
     assert len(shipping_builds(rebuilt_by_hand)) == 2
 
 

@@ -8,7 +8,7 @@ import uuid
 import pytest
 import requests
 from manifests import config_data, find, named, pod_template, workloads
-from project import IMAGE, POSTGRES_IMAGE, make_default
+from project import DATABASE_URL, IMAGE, POSTGRES_IMAGE, make_default
 from project import MIGRATE as MIGRATE_COMMAND
 from waits import wait_until
 
@@ -32,12 +32,12 @@ def test_docker_run_reproduces_the_web_pods_hardening_and_configuration(manifest
     assert option_values(run.options, "--memory") == [str(256 * 2**20)]
     assert option_values(run.options, "--cpus") == ["1"]
     assert option_values(run.options, "--stop-timeout") == ["30"]
-    assert option_values(run.options, "--env") == [
-        "NAME=Kubernetes",
-        "LOG_LEVEL=INFO",
-        "DATABASE_URL=postgresql://notes@db:5432/notes",
-        "DATABASE_PASSWORD_FILE=/run/secrets/db_password",
-    ]
+    # Every value of web's ConfigMap, and the password as a file: whatever variables the ConfigMap lists.
+    environment = option_values(run.options, "--env")
+    assert sorted(environment) == sorted([*(f"{name}={value}" for name, value in
+                                            config_data(manifests, "ConfigMap", "web").items()),
+                                          "DATABASE_PASSWORD_FILE=/run/secrets/db_password"])
+    assert "NAME=Kubernetes" in environment and f"DATABASE_URL={DATABASE_URL}" in environment
     argv = run.argv("--detach", "--publish", "8000:8000")
     assert argv[:5] == ["docker", "run", "--detach", "--publish", "8000:8000"]
     assert argv[-1] == f"{IMAGE}:{overlay}"

@@ -8,7 +8,7 @@ import copy
 
 import pytest
 from manifests import find, labels_match, named, pod_template, workloads
-from project import IMAGE, KUBERNETES_VERSIONS
+from project import IMAGE, KUBERNETES_VERSIONS, NAMESPACE
 from test_k8s import api_version_errors, schema_errors
 from test_k8s_components import manifests_with, only_with
 
@@ -109,9 +109,6 @@ def test_a_job_reading_the_generated_configmap_would_be_found(manifests):
 # ---------------------------------------------------------------------------------------------------------
 # Network policies, evaluated: which connections the rendered policies let through
 
-NAMESPACE = "notes"
-
-
 WEB = Peer(NAMESPACE, {"app.kubernetes.io/name": "web"})
 DB = Peer(NAMESPACE, {"app.kubernetes.io/name": "db"})
 OTHER_POD = Peer(NAMESPACE, {"app.kubernetes.io/name": "debug"})
@@ -170,10 +167,10 @@ def test_network_policies_allow_each_workload_only_the_connections_it_needs(
 @only_with("backup")
 def test_with_the_backup_its_pod_reaches_the_database_and_every_dns_resolver_web_does_and_nothing_else():
     manifests = manifests_with("backup")
-    backup = Peer("notes", {"app.kubernetes.io/name": "db-backup"})
+    backup = Peer(NAMESPACE, {"app.kubernetes.io/name": "db-backup"})
     # The labels the policies select must be the pod's, or this would test them against nobody.
     assert pod_template(find(manifests, "CronJob", "db-backup"))["metadata"]["labels"] == backup.labels
-    assert connection_allowed(manifests, backup, Peer("notes", {"app.kubernetes.io/name": "db"}), 5432)
+    assert connection_allowed(manifests, backup, Peer(NAMESPACE, {"app.kubernetes.io/name": "db"}), 5432)
     for protocol in ("UDP", "TCP"):
         assert connection_allowed(manifests, backup, Peer("kube-system", {"k8s-app": "kube-dns"}), 53, protocol)
     # NodeLocal DNSCache, on the node: no pod selector matches it.
@@ -181,17 +178,17 @@ def test_with_the_backup_its_pod_reaches_the_database_and_every_dns_resolver_web
     internet = Peer(None, {}, address="203.0.113.53")
     assert not connection_allowed(manifests, backup, internet, 443)
     assert not connection_allowed(manifests, backup, internet, 53, "UDP")
-    assert not connection_allowed(manifests, backup, Peer("notes", {"app.kubernetes.io/name": "web"}), 8000)
-    assert not connection_allowed(manifests, Peer("notes", {"app.kubernetes.io/name": "web"}), backup, 5432)
+    assert not connection_allowed(manifests, backup, Peer(NAMESPACE, {"app.kubernetes.io/name": "web"}), 8000)
+    assert not connection_allowed(manifests, Peer(NAMESPACE, {"app.kubernetes.io/name": "web"}), backup, 5432)
 
 @only_with("http-route")
 def test_with_the_http_route_only_the_gateways_namespace_reaches_web_and_prometheus_still_scrapes_it():
     manifests = manifests_with("http-route")
     gateway_namespace = find(manifests, "HTTPRoute", "web")["spec"]["parentRefs"][0]["namespace"]
-    web = Peer("notes", {"app.kubernetes.io/name": "web"})
+    web = Peer(NAMESPACE, {"app.kubernetes.io/name": "web"})
     gateway = Peer(gateway_namespace, {"app.kubernetes.io/name": "gateway"})
     assert connection_allowed(manifests, gateway, web, 8000)
     assert not connection_allowed(manifests, Peer("elsewhere", {}), web, 8000)
-    assert not connection_allowed(manifests, Peer("notes", {"app.kubernetes.io/name": "debug"}), web, 8000)
+    assert not connection_allowed(manifests, Peer(NAMESPACE, {"app.kubernetes.io/name": "debug"}), web, 8000)
     assert not connection_allowed(manifests, gateway, web, 9000)
     assert connection_allowed(manifests, Peer("monitoring", {}), web, 9000)

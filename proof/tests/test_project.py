@@ -227,43 +227,6 @@ def test_kubernetes_reaches_the_database_and_migrates_as_compose_does():
     assert [c["command"] for c in containers(k8s_base("web-deployment.yaml"), "initContainers")] == [MIGRATE]
 
 
-RENAMED = "acme-api"
-
-
-def renamed_copy(destination):
-    """The repository as a team has it after the README's rename step: a new project and image name."""
-    copy = copy_repository(destination)
-    targets = [copy / "compose.yaml", copy / "Makefile", copy / ".github" / "workflows" / "ci.yml",
-               *(copy / "k8s").rglob("*.yaml")]
-    for path in targets:
-        path.write_text(path.read_text().replace(IMAGE, RENAMED))
-    compose = copy / "compose.yaml"
-    compose.write_text(re.sub(r"^name: .*$", "name: acme", compose.read_text(), count=1, flags=re.M))
-    return copy
-
-
-@pytest.mark.nested
-def test_the_readmes_template_rename_keeps_the_fast_checks_green(tmp_path):
-    copy = renamed_copy(tmp_path)
-    fast = [
-        # Everything about the manifests but running them, and the places that must agree.
-        ["proof/tests/test_project.py", "tests/test_k8s.py", "proof/tests/test_k8s_docker.py", "-m",
-         "not docker and not nested"],
-        # What `docker compose config` makes of compose.yaml: needs the CLI, not an engine.
-        ["tests/test_compose.py", "-k", "read_only or dockerfile or graceful"],
-    ]
-    # As a team runs them, not with the IMAGE that `make test` exports to its children.
-    env = learner_environment()
-    for selection in fast:
-        result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *selection],
-                                cwd=copy, capture_output=True, text=True, timeout=600, env=env)
-        assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-        assert re.search(r"\d+ passed", result.stdout), result.stdout[-2000:]
-    build = subprocess.run(["make", "-n", "build"], cwd=copy, capture_output=True, text=True, check=True,
-                           env=env).stdout
-    assert f"-t {RENAMED}:slim" in build and IMAGE not in build
-
-
 def test_the_bench_ceiling_runs_gunicorn_with_the_services_worker_settings(tmp_path):
     command = re.search(r"^CMD (\[.*?\])$", (REPOSITORY / "proof" / "bench" / "ceiling" / "Dockerfile").read_text(),
                         re.M | re.S)[1]

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from project import DEFAULT_VARIANT, IMAGE, VARIANTS, copy_repository
 from project import ROOT as REPOSITORY
-from project import VARIANTS, copy_repository
 
 SCAN_VENV = Path(sys.prefix) / "scan"
 CHECKS = ("hadolint", "checkov Dockerfile", "checkov k8s", "yamllint", "sbom", "secrets", "vulnerabilities")
@@ -73,7 +73,7 @@ def repository_copy(tmp_path):
 
 @pytest.fixture(scope="session")
 def planted_image(images, docker_client, tmp_path_factory):
-    """notes-web:slim with secrets added the ways they leak: a private key and a .env file copied in one layer and
+    """The default image with secrets added the ways they leak: a private key and a .env file copied in one layer and
     deleted in the next (the image's filesystem no longer shows them; its layers still ship them), and a token in
     an ENV instruction (the history and the config show it)."""
     context = tmp_path_factory.mktemp("planted")
@@ -101,7 +101,7 @@ def test_scan_of_the_real_files_and_images_passes_and_says_the_vulnerability_sca
     skipped = re.findall(r"^vulnerability scan: SKIPPED \((.+)\)$", result.stdout, re.M)
     assert len(skipped) == len(VARIANTS), result.stdout
     for variant in VARIANTS:
-        assert summary(result.stdout, f"notes-web:{variant}") == {
+        assert summary(result.stdout, f"{IMAGE}:{variant}") == {
             **{check: "pass" for check in CHECKS}, "vulnerabilities": "SKIPPED"}
 
 
@@ -111,7 +111,7 @@ def test_sbom_lists_the_python_packages_at_their_pinned_versions_and_the_debian_
     _, output = scan_of_the_images
     sbom = json.loads((output / f"{variant}.cdx.json").read_text())
     assert (sbom["bomFormat"], sbom["specVersion"]) == ("CycloneDX", "1.6")
-    assert sbom["metadata"]["component"]["name"] == f"notes-web:{variant}"
+    assert sbom["metadata"]["component"]["name"] == f"{IMAGE}:{variant}"
     purls = [component.get("purl", "") for component in sbom["components"]]
     pinned = dict(re.findall(r"^([a-z0-9-]+)==(\S+)", (REPOSITORY / "requirements.txt").read_text(), re.M))
     for package in ("flask", "gunicorn", "psycopg"):
@@ -129,7 +129,7 @@ def test_a_dockerfile_with_a_hadolint_violation_fails_the_scan(repository_copy):
     result = scan("--root", str(repository_copy), "--only", "hadolint", "slim")
     assert result.returncode == 1, result.stdout + result.stderr
     assert re.search(r"^Dockerfile:\d+ DL3003 ", result.stdout, re.M), result.stdout
-    assert summary(result.stdout, "notes-web:slim") == {"hadolint": "FAIL"}
+    assert summary(result.stdout, f"{IMAGE}:{DEFAULT_VARIANT}") == {"hadolint": "FAIL"}
 
 
 def test_a_manifest_with_a_checkov_flaw_fails_the_scan(repository_copy):
@@ -140,7 +140,8 @@ def test_a_manifest_with_a_checkov_flaw_fails_the_scan(repository_copy):
     result = scan("--root", str(repository_copy), "--only", "checkov", "slim")
     assert result.returncode == 1, result.stdout + result.stderr
     assert re.search(r"^CKV_K8S_20 .*Deployment\.notes\.web", result.stdout, re.M), result.stdout
-    assert summary(result.stdout, "notes-web:slim") == {"checkov Dockerfile": "pass", "checkov k8s": "FAIL"}
+    assert summary(result.stdout, f"{IMAGE}:{DEFAULT_VARIANT}") == {"checkov Dockerfile": "pass",
+                                                                  "checkov k8s": "FAIL"}
 
 
 @pytest.mark.parametrize("config", ["checkov-dockerfile.yaml", "checkov-k8s.yaml"])
@@ -193,7 +194,7 @@ def test_a_vulnerability_scanner_with_a_database_gates_the_scan_on_fixable_high_
     result = scan("--only", "vulnerabilities", "slim", env=env)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "CVE-2099-0001" in result.stdout and "SKIPPED" not in result.stdout
-    assert summary(result.stdout, "notes-web:slim") == {"vulnerabilities": "FAIL"}
+    assert summary(result.stdout, f"{IMAGE}:{DEFAULT_VARIANT}") == {"vulnerabilities": "FAIL"}
     arguments = (tmp_path / "arguments").read_text()
     for expected in ("--skip-db-update\n", "--severity\nHIGH,CRITICAL\n", "--ignore-unfixed\n", "--exit-code\n1\n"):
         assert expected in arguments
