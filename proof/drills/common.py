@@ -6,6 +6,7 @@ import json
 import time
 from dataclasses import dataclass
 
+import requests
 from load import stored_notes
 
 # How long each interruption lasts, and how soon after it the service must answer every request again.
@@ -100,3 +101,21 @@ def recovered_since(outcomes, at_least):
         else:
             since = None
     return since if since and time.monotonic() - since >= at_least else None
+
+
+def plain_requests(url, stopping, outcomes):
+    """GET / back to back until `stopping` is set, each as (sent at, latency s, answered 200)."""
+    with requests.Session() as session:
+        while not stopping.is_set():
+            sent = time.monotonic()
+            try:
+                ok = session.get(url, timeout=2).status_code == 200
+            except requests.RequestException:
+                ok = False
+            outcomes.append((sent, time.monotonic() - sent, ok))
+
+
+def p99_ms(latencies):
+    """The 99th percentile of `latencies` (seconds), in milliseconds; infinite when there are none."""
+    latencies = sorted(latencies)
+    return latencies[max(0, -(-len(latencies) * 99 // 100) - 1)] * 1000 if latencies else float("inf")

@@ -1,0 +1,200 @@
+"""Log reader paused: web's stdout blocked for 10 s under load, as a stalled log collector blocks it. Requests are
+answered meanwhile; the lines past the worker's queue are dropped and counted (log_lines_dropped_total), the rest
+written late; new access lines follow as soon as the reader reads again.
+"""
+
+import json
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from itertools import pairwise
+
+import requests
+from containers import stack
+from waits import wait_until
+
+from proof.drills.common import Drill, p99_ms, plain_requests
+
+PAUSE_SECONDS = 10
+# No line has reached the engine for this long while wrk's requests are answered: web's stdout takes no more.
+STALL_SECONDS = 1
+# wrk's GET / at this many connections: over a thousand access lines a second here, so that the worker's queue of
+# lines fills within the pause too. wrk runs until the drill stops it, LOAD_SECONDS at most.
+LOAD_CONNECTIONS = 16
+LOAD_SECONDS = 120
+PLAIN_P99_MS = 100
+RESUME_BOUND_SECONDS = 5
+# Run in web by `docker exec`: the metrics port is published nowhere, as in compose.yaml.
+SCRAPE = "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())"
+
+
+class AttachedReader:
+    """web's stdout and stderr read through the engine's attach stream (`docker attach`) by a thread, until paused.
+
+    The engine copies a container's output to its log driver and to every attached client in turn; once about a
+    megabyte waits for a client that stopped reading, the copy blocks, the container's pipe fills and its writes
+    block. That is what a stalled log reader does to a container (a blocking syslog or fluentd driver, a slow disk
+    under the json-file driver): the image and the engine as they run, only the reader paused.
+    """
+
+    def __init__(self, container):
+        self.socket = container.client.api.attach_socket(container.id,
+                                                         params={"stdout": 1, "stderr": 1, "stream": 1})
+        self.raw = getattr(self.socket, "_sock", self.socket)
+        self.reading = threading.Event()
+        self.reading.set()
+        self.thread = threading.Thread(target=self._read, daemon=True)
+
+    def _read(self):
+        while self.reading.wait():
+            try:
+                if not self.raw.recv(65536):
+                    return
+            except OSError:
+                return
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self.reading.set()
+        self.raw.shutdown(socket.SHUT_RDWR)
+        self.socket.close()
+        self.thread.join(timeout=5)
+
+
+def engine_time(stamp):
+    """When the engine read a line, from `docker logs --timestamps` (RFC 3339, nanoseconds, trailing zeros cut)."""
+    whole, _, fraction = stamp.decode().rstrip("Z").partition(".")
+    return datetime.fromisoformat(whole).replace(tzinfo=UTC).timestamp() + float("0." + (fraction or "0"))
+
+
+def logged(container, **options):
+    """(engine time, the line's JSON or None) of each line of the container's log."""
+    lines = []
+    for line in container.logs(timestamps=True, **options).splitlines():
+        stamp, _, text = line.partition(b" ")
+        try:
+            entry = json.loads(text)
+        except ValueError:
+            entry = None
+        lines.append((engine_time(stamp), entry if isinstance(entry, dict) else None))
+    return lines
+
+
+def stalled_since(container):
+    """The engine time of the container's newest log line, once none has followed it for STALL_SECONDS."""
+    newest, _ = logged(container, tail=1)[-1]
+    return newest if time.time() - newest >= STALL_SECONDS else None
+
+
+def scrape(container, metric):
+    """The sum of `metric`'s samples on web's metrics port (the one it exposes and the stack does not publish),
+    scraped from inside the container."""
+    published = container.attrs["HostConfig"]["PortBindings"]
+    [port] = [port.split("/")[0] for port in container.attrs["Config"]["ExposedPorts"] if port not in published]
+    done = container.exec_run(["python", "-c", SCRAPE, f"http://127.0.0.1:{port}/metrics"])
+    assert done.exit_code == 0, done.output
+    return sum(float(value) for value in re.findall(rf"^{metric}(?:{{[^}}]*}})? (\S+)$", done.output.decode(), re.M))
+
+
+def wrk_counts(output):
+    """(requests, failed) from wrk's summary: failed are answers other than 2xx or 3xx and socket errors (connect,
+    read, write, timeout), which wrk prints only when there are some."""
+    answered = int(re.search(r"(\d+) requests in", output)[1])
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    return answered, (int(non_2xx[1]) if non_2xx else 0) + (sum(map(int, errors.groups())) if errors else 0)
+
+
+@dataclass
+class LogReaderPaused(Drill):
+    filled_after: float  # seconds from the reader's pause until no line reached the engine any more
+    blocked: float  # the longest the engine read no line of web's: how long its stdout stayed full
+    load_requests: int  # wrk's, over the whole drill
+    load_failed: int
+    sent: int  # plain GET / sent one after another by a client of its own while stdout was blocked
+    answered: int  # of them, 200
+    p99_ms: float
+    p99_before_ms: float  # the same client's, under the same load, before the reader paused
+    longest_lag: float  # the most a line waited between its own time and the engine reading it
+    access_lines: int  # in web's log, after
+    dropped: float  # log_lines_dropped_total, after
+    answers: int  # every GET / answered: wrk's, the client's and the one after the pause, each an access line
+    resumed: float  # seconds from the reader resuming to a new request's access line reaching the engine
+
+    title = f"log reader paused: web's stdout blocked for {PAUSE_SECONDS} s under load"
+
+    def counts(self):
+        return (f"stdout full {self.filled_after:.1f} s after the reader paused and blocked for {self.blocked:.1f} s; "
+                f"wrk's GET / {self.load_requests - self.load_failed}/{self.load_requests} answered; while blocked, "
+                f"a client's own GET / {self.answered}/{self.sent} answered 200, p99 {self.p99_ms:.1f} ms (before the "
+                f"pause {self.p99_before_ms:.1f} ms); of {self.answers} access lines, {self.access_lines} logged (up "
+                f"to {self.longest_lag:.1f} s late) and {self.dropped:.0f} dropped and counted "
+                f"(log_lines_dropped_total); a new request's access line logged {self.resumed:.2f} s after the reader "
+                f"resumed")
+
+    def goals(self):
+        return {f"stdout blocked >= {PAUSE_SECONDS} s": self.blocked >= PAUSE_SECONDS,
+                "every request answered, wrk's and the client's":
+                    self.load_requests > 0 and self.load_failed == 0 and self.sent > 0 and self.answered == self.sent,
+                f"the client's p99 while blocked <= twice its p99 before, or {PLAIN_P99_MS} ms":
+                    self.p99_ms <= max(2 * self.p99_before_ms, PLAIN_P99_MS),
+                # wrk does not count the requests still in flight as it stops, which the server answered and logged.
+                "every access line logged or counted as dropped":
+                    0 <= self.access_lines + self.dropped - self.answers <= LOAD_CONNECTIONS,
+                f"access lines resume within {RESUME_BOUND_SECONDS} s of the reader":
+                    self.resumed <= RESUME_BOUND_SECONDS}
+
+
+def log_reader_paused(image):
+    """wrk sends GET / at LOAD_CONNECTIONS, each answer an access line on web's stdout, which is read through the
+    engine's attach stream, and a client of its own times GET / one after another. The reader pauses; once no line
+    has reached the engine for STALL_SECONDS, web's stdout is full, and it is kept so for PAUSE_SECONDS before the
+    reader resumes."""
+    with stack(image) as notes, AttachedReader(notes.docker("web")) as reader:
+        container = notes.docker("web")
+        stopping, outcomes = threading.Event(), []
+        client = threading.Thread(target=plain_requests, args=(notes.url, stopping, outcomes))
+        load = subprocess.Popen(["wrk", "--threads", "1", "--connections", str(LOAD_CONNECTIONS), "--duration",
+                                 f"{LOAD_SECONDS}s", "--timeout", "2s", notes.url + "/"], stdout=subprocess.PIPE,
+                                text=True)
+        client.start()
+        try:
+            wait_until(lambda: len(outcomes) >= 100, 30, "100 plain requests answered")
+            paused = time.monotonic()
+            reader.reading.clear()
+            newest = wait_until(lambda: stalled_since(container), 60, "web's stdout full", interval=0.2)
+            full = time.monotonic() - (time.time() - newest)
+            time.sleep(max(0.0, full + PAUSE_SECONDS - time.monotonic()))  # the stall itself, not a wait for something
+            reader.reading.set()
+            resumed = time.monotonic()
+            marker = requests.get(notes.url, timeout=10).headers["X-Request-ID"]
+            wait_until(lambda: any(entry and entry.get("request_id") == marker
+                                   for _, entry in logged(container, since=newest)), 30, "the marker's access line")
+            back = time.monotonic() - resumed
+        finally:
+            stopping.set()
+            client.join()
+            load.send_signal(signal.SIGINT)  # wrk stops, and prints what it counted
+            load_output = load.communicate(timeout=30)[0]
+        lines = logged(container)
+        dropped = scrape(container, "log_lines_dropped_total")
+    read_at = sorted(at for at, _ in lines)
+    lags = [at - datetime.fromisoformat(entry["time"]).timestamp() for at, entry in lines if entry and "time" in entry]
+    blocked = [(latency, ok) for sent, latency, ok in outcomes if full <= sent < resumed]
+    load_requests, load_failed = wrk_counts(load_output)
+    result = LogReaderPaused(full - paused, max(b - a for a, b in pairwise(read_at)), load_requests,
+                             load_failed, len(blocked), sum(ok for _, ok in blocked),
+                             p99_ms(latency for latency, _ in blocked),
+                             p99_ms(latency for sent, latency, _ in outcomes if sent < paused), max(lags),
+                             sum(entry is not None and entry.get("logger") == "gunicorn.access" for _, entry in lines),
+                             dropped, load_requests - load_failed + sum(ok for *_, ok in outcomes) + 1, back)
+    print(result)
+    return result
