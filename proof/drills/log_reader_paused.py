@@ -94,6 +94,13 @@ def stalled_since(container):
     return newest if time.time() - newest >= STALL_SECONDS else None
 
 
+def wait_for_access_line(container, url, since):
+    """Sends GET / and waits until its access line, known by its request id, has reached the engine."""
+    request_id = requests.get(url, timeout=10).headers["X-Request-ID"]
+    wait_until(lambda: any(entry and entry.get("request_id") == request_id
+                           for _, entry in logged(container, since=since)), 30, f"the access line of {request_id}")
+
+
 def scrape(container, metric):
     """The sum of `metric`'s samples on web's metrics port (the one it exposes and the stack does not publish),
     scraped from inside the container."""
@@ -126,7 +133,7 @@ class LogReaderPaused(Drill):
     longest_lag: float  # the most a line waited between its own time and the engine reading it
     access_lines: int  # in web's log, after
     dropped: float  # log_lines_dropped_total, after
-    answers: int  # every GET / answered: wrk's, the client's and the one after the pause, each an access line
+    answers: int  # every GET / answered (wrk's, the client's, the two of wait_for_access_line), each an access line
     resumed: float  # seconds from the reader resuming to a new request's access line reaching the engine
 
     title = f"log reader paused: web's stdout blocked for {PAUSE_SECONDS} s under load"
@@ -175,15 +182,15 @@ def log_reader_paused(image):
             time.sleep(max(0.0, full + PAUSE_SECONDS - time.monotonic()))  # the stall itself, not a wait for something
             reader.reading.set()
             resumed = time.monotonic()
-            marker = requests.get(notes.url, timeout=10).headers["X-Request-ID"]
-            wait_until(lambda: any(entry and entry.get("request_id") == marker
-                                   for _, entry in logged(container, since=newest)), 30, "the marker's access line")
+            wait_for_access_line(container, notes.url, since=newest)
             back = time.monotonic() - resumed
         finally:
             stopping.set()
             client.join()
             load.send_signal(signal.SIGINT)  # wrk stops, and prints what it counted
             load_output = load.communicate(timeout=30)[0]
+        # One worker writes its lines in order: once this one is in, so is every line before it.
+        wait_for_access_line(container, notes.url, since=newest)
         lines = logged(container)
         dropped = scrape(container, "log_lines_dropped_total")
     read_at = sorted(at for at, _ in lines)
@@ -195,6 +202,6 @@ def log_reader_paused(image):
                              p99_ms(latency for latency, _ in blocked),
                              p99_ms(latency for sent, latency, _ in outcomes if sent < paused), max(lags),
                              sum(entry is not None and entry.get("logger") == "gunicorn.access" for _, entry in lines),
-                             dropped, load_requests - load_failed + sum(ok for *_, ok in outcomes) + 1, back)
+                             dropped, load_requests - load_failed + sum(ok for *_, ok in outcomes) + 2, back)
     print(result)
     return result
