@@ -12,6 +12,8 @@ from load import stored_notes
 # How long each interruption lasts, and how soon after it the service must answer every request again.
 OUTAGE_SECONDS = 10
 RECOVERY_BOUND_SECONDS = 5
+# Past a deadline of the server's, the time a busy machine may take to see a connection answered or closed.
+SLACK_SECONDS = 2
 
 
 class Drill:

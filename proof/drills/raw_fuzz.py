@@ -3,9 +3,10 @@ Content-Length and Transfer-Encoding conflicts and duplicates, chunk sizes and e
 drawn by hypothesis and sent on raw sockets. No answer of 500 or above, no traceback in the log, every connection
 answered or closed within the server's deadlines, and plain requests answered throughout.
 
-hypothesis draws the mutations (its binary, integer and sampled strategies over a few valid seed requests): no
-maintained corpus of malformed HTTP/1.1 requests is published on PyPI, and boofuzz, the one protocol fuzzer there,
-is a framework of its own, unreleased since 2023, for what a few strategies do here.
+hypothesis draws the mutations (its binary, integer and sampled strategies over a few valid seed requests), as it
+draws the bad-input drill's: we found no maintained corpus of malformed HTTP/1.1 requests on PyPI, and boofuzz, the
+protocol fuzzer there, is a framework of its own (sessions, targets, a web UI), last released in 2023, for what a
+few strategies do here.
 """
 
 import json
@@ -25,10 +26,8 @@ from hypothesis import strategies as st
 from project import BODY_TIMEOUT_SECONDS, KEEPALIVE_SECONDS
 from waits import wait_until
 
-from proof.drills.common import Drill, p99_ms, plain_requests
+from proof.drills.common import SLACK_SECONDS, Drill, p99_ms, plain_requests
 
-# Past its deadline, the time a busy machine may take to notice that a connection was closed.
-SLACK_SECONDS = 2
 FUZZ_CASES = 10_000
 # Connections open at once: most cases are answered in milliseconds, but one whose headers or body never end holds
 # its connection until the server's deadline; well within gunicorn's worker_connections. Of them at most
@@ -43,11 +42,11 @@ FUZZ_DEADLINE_SECONDS = KEEPALIVE_SECONDS + BODY_TIMEOUT_SECONDS + SLACK_SECONDS
 
 def seed(method, target, headers=(), body=None, chunks=None):
     """A valid request as (role, bytes) segments, which joined are the bytes sent; mutations change one role's."""
-    framing = ([(b"Content-Length", b"%d" % len(body))] if body is not None else []) + (
+    framed = ([(b"Content-Length", b"%d" % len(body))] if body is not None else []) + (
         [(b"Transfer-Encoding", b"chunked")] if chunks is not None else [])
     segments = [("method", method), ("space", b" "), ("target", target), ("space", b" "), ("version", b"HTTP/1.1"),
                 ("eol", b"\r\n")]
-    for name, value in [(b"Host", b"127.0.0.1"), *headers, *framing]:
+    for name, value in [(b"Host", b"127.0.0.1"), *headers, *framed]:
         segments += [("name", name), ("colon", b": "), ("value", value), ("eol", b"\r\n")]
     segments.append(("blank", b"\r\n"))
     if body:

@@ -13,10 +13,9 @@ from containers import stack
 from project import BODY_TIMEOUT_SECONDS, KEEPALIVE_SECONDS
 from waits import TIME_WAIT, tcp_states, wait_until
 
-from proof.drills.common import Drill, p99_ms, plain_requests
+from proof.drills.common import SLACK_SECONDS, Drill, p99_ms, plain_requests
 
 SLOW_PHASE_SECONDS = 15
-SLACK_SECONDS = 2
 BODY_LENGTH = 60000
 # kind: (bytes sent on connect, the byte stream trickled at one byte a second, how long the server may keep it open)
 SLOW_KINDS = {

@@ -51,8 +51,8 @@ class TableLocked(Drill):
 def connect_to_db(notes):
     """A session of our own on the stack's db, as psql on an operator's machine would open one."""
     return psycopg.connect(host=notes.db.get_container_host_ip(), port=notes.db.get_exposed_port(5432),
-                           user="notes", password=DB_PASSWORD, dbname="notes", application_name="drill",
-                           autocommit=True)
+                           user=notes.db.username, password=DB_PASSWORD, dbname=notes.db.dbname,
+                           application_name="drill", autocommit=True)
 
 
 def web_backends(session, notes):
