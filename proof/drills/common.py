@@ -6,7 +6,9 @@ import json
 import time
 from dataclasses import dataclass
 
+import psycopg
 import requests
+from containers import DB_PASSWORD
 from load import stored_notes
 
 # How long each interruption lasts, and how soon after it the service must answer every request again.
@@ -121,3 +123,10 @@ def p99_ms(latencies):
     """The 99th percentile of `latencies` (seconds), in milliseconds; infinite when there are none."""
     latencies = sorted(latencies)
     return latencies[max(0, -(-len(latencies) * 99 // 100) - 1)] * 1000 if latencies else float("inf")
+
+
+def connect_to_db(notes):
+    """A session of our own on the stack's db, as psql on an operator's machine would open one."""
+    return psycopg.connect(host=notes.db.get_container_host_ip(), port=notes.db.get_exposed_port(5432),
+                           user=notes.db.username, password=DB_PASSWORD, dbname=notes.db.dbname,
+                           application_name="drill", autocommit=True)

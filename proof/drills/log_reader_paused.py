@@ -1,6 +1,7 @@
-"""Log reader paused: web's stdout blocked for 10 s under load, as a stalled log collector blocks it. Requests are
-answered meanwhile; the lines past the worker's queue are dropped and counted (log_lines_dropped_total), the rest
-written late; new access lines follow as soon as the reader reads again.
+"""Log reader paused: web's stdout blocked for 10 s under load, as a stalled log collector blocks it, while the
+database refuses requests and each 503 logs a warning. Requests are answered meanwhile; the lines past the worker's
+queue are dropped and counted (log_lines_dropped_total), the rest written late; new access lines follow as soon as
+the reader reads again.
 """
 
 import json
@@ -16,9 +17,10 @@ from itertools import pairwise
 
 import requests
 from containers import stack
+from load import Load
 from waits import wait_until
 
-from proof.drills.common import Drill, p99_ms, plain_requests
+from proof.drills.common import Drill, connect_to_db, p99_ms, plain_requests, tally
 
 PAUSE_SECONDS = 10
 # No line has reached the engine for this long while wrk's requests are answered: web's stdout takes no more.
@@ -130,32 +132,38 @@ class LogReaderPaused(Drill):
     answered: int  # of them, 200
     p99_ms: float
     p99_before_ms: float  # the same client's, under the same load, before the reader paused
+    notes_requests: int  # to /api/notes while stdout was blocked and the table locked
+    notes_unavailable: int  # of them, answered 503 JSON, each logging a warning
+    notes_other: int  # of them, neither that nor a success: a 500, no answer within 10 s
     longest_lag: float  # the most a line waited between its own time and the engine reading it
-    access_lines: int  # in web's log, after
+    logged_lines: int  # access lines and the app's warnings in web's log, after
     dropped: float  # log_lines_dropped_total, after
-    answers: int  # every GET / answered (wrk's, the client's, the two of wait_for_access_line), each an access line
+    written: int  # the lines web had to write: an access line per request answered, a warning per 503
     resumed: float  # seconds from the reader resuming to a new request's access line reaching the engine
 
-    title = f"log reader paused: web's stdout blocked for {PAUSE_SECONDS} s under load"
+    title = (f"log reader paused: web's stdout blocked for {PAUSE_SECONDS} s under load, with a database warning "
+             f"logged for each 503 meanwhile")
 
     def counts(self):
         return (f"stdout full {self.filled_after:.1f} s after the reader paused and blocked for {self.blocked:.1f} s; "
                 f"wrk's GET / {self.load_requests - self.load_failed}/{self.load_requests} answered; while blocked, "
                 f"a client's own GET / {self.answered}/{self.sent} answered 200, p99 {self.p99_ms:.1f} ms (before the "
-                f"pause {self.p99_before_ms:.1f} ms); of {self.answers} access lines, {self.access_lines} logged (up "
-                f"to {self.longest_lag:.1f} s late) and {self.dropped:.0f} dropped and counted "
-                f"(log_lines_dropped_total); a new request's access line logged {self.resumed:.2f} s after the reader "
-                f"resumed")
+                f"pause {self.p99_before_ms:.1f} ms), and of {self.notes_requests} notes requests to the locked table "
+                f"{self.notes_unavailable} answered 503 JSON, {self.notes_other} anything else; of {self.written} "
+                f"lines, {self.logged_lines} logged (up to {self.longest_lag:.1f} s late) and {self.dropped:.0f} "
+                f"dropped and counted (log_lines_dropped_total); a new request's access line logged "
+                f"{self.resumed:.2f} s after the reader resumed")
 
     def goals(self):
         return {f"stdout blocked >= {PAUSE_SECONDS} s": self.blocked >= PAUSE_SECONDS,
-                "every request answered, wrk's and the client's":
-                    self.load_requests > 0 and self.load_failed == 0 and self.sent > 0 and self.answered == self.sent,
+                "every request answered: wrk's, the client's, and 503 JSON or a success for the notes requests":
+                    self.load_requests > 0 and self.load_failed == 0 and self.sent > 0 and self.answered == self.sent
+                    and self.notes_unavailable > 0 and self.notes_other == 0,
                 f"the client's p99 while blocked <= twice its p99 before, or {PLAIN_P99_MS} ms":
                     self.p99_ms <= max(2 * self.p99_before_ms, PLAIN_P99_MS),
                 # wrk does not count the requests still in flight as it stops, which the server answered and logged.
-                "every access line logged or counted as dropped":
-                    0 <= self.access_lines + self.dropped - self.answers <= LOAD_CONNECTIONS,
+                "every line logged or counted as dropped":
+                    0 <= self.logged_lines + self.dropped - self.written <= LOAD_CONNECTIONS,
                 f"access lines resume within {RESUME_BOUND_SECONDS} s of the reader":
                     self.resumed <= RESUME_BOUND_SECONDS}
 
@@ -164,8 +172,14 @@ def log_reader_paused(image):
     """wrk sends GET / at LOAD_CONNECTIONS, each answer an access line on web's stdout, which is read through the
     engine's attach stream, and a client of its own times GET / one after another. The reader pauses; once no line
     has reached the engine for STALL_SECONDS, web's stdout is full, and it is kept so for PAUSE_SECONDS before the
-    reader resumes."""
-    with stack(image) as notes, AttachedReader(notes.docker("web")) as reader:
+    reader resumes.
+
+    Meanwhile another session holds the notes table locked, as in a database outage, and two clients write and read
+    notes: each of their requests answers 503 and logs a warning. A stalled log collector is likeliest in such an
+    incident, when lines come in bursts, and the warnings are written by the request's own greenlet, where the
+    access lines are not.
+    """
+    with stack(image) as notes, AttachedReader(notes.docker("web")) as reader, connect_to_db(notes) as locker:
         container = notes.docker("web")
         stopping, outcomes = threading.Event(), []
         client = threading.Thread(target=plain_requests, args=(notes.url, stopping, outcomes))
@@ -179,9 +193,13 @@ def log_reader_paused(image):
             reader.reading.clear()
             newest = wait_until(lambda: stalled_since(container), 60, "web's stdout full", interval=0.2)
             full = time.monotonic() - (time.time() - newest)
-            time.sleep(max(0.0, full + PAUSE_SECONDS - time.monotonic()))  # the stall itself, not a wait for something
-            reader.reading.set()
-            resumed = time.monotonic()
+            locker.autocommit = False
+            locker.execute("LOCK TABLE notes IN ACCESS EXCLUSIVE MODE")
+            with Load(notes.url, threads=2, reads=True) as notes_load:
+                time.sleep(max(0.0, full + PAUSE_SECONDS - time.monotonic()))  # the stall, not a wait for something
+                reader.reading.set()
+                resumed = time.monotonic()
+            locker.commit()
             wait_for_access_line(container, notes.url, since=newest)
             back = time.monotonic() - resumed
         finally:
@@ -197,11 +215,15 @@ def log_reader_paused(image):
     lags = [at - datetime.fromisoformat(entry["time"]).timestamp() for at, entry in lines if entry and "time" in entry]
     blocked = [(latency, ok) for sent, latency, ok in outcomes if full <= sent < resumed]
     load_requests, load_failed = wrk_counts(load_output)
-    result = LogReaderPaused(full - paused, max(b - a for a, b in pairwise(read_at)), load_requests,
-                             load_failed, len(blocked), sum(ok for _, ok in blocked),
-                             p99_ms(latency for latency, _ in blocked),
-                             p99_ms(latency for sent, latency, _ in outcomes if sent < paused), max(lags),
-                             sum(entry is not None and entry.get("logger") == "gunicorn.access" for _, entry in lines),
-                             dropped, load_requests - load_failed + sum(ok for *_, ok in outcomes) + 2, back)
+    _, unavailable, other = tally(notes_load.outcomes)
+    answered = load_requests - load_failed + sum(ok for *_, ok in outcomes) + 2 + sum(
+        o.status is not None for o in notes_load.outcomes)
+    result = LogReaderPaused(full - paused, max(b - a for a, b in pairwise(read_at)), load_requests, load_failed,
+                             len(blocked), sum(ok for _, ok in blocked), p99_ms(latency for latency, _ in blocked),
+                             p99_ms(latency for sent, latency, _ in outcomes if sent < paused),
+                             len(notes_load.outcomes), unavailable, other, max(lags),
+                             sum(entry is not None and entry.get("level") in ("INFO", "WARNING")
+                                 and entry.get("logger") in ("gunicorn.access", "app") for _, entry in lines),
+                             dropped, answered + unavailable, back)
     print(result)
     return result

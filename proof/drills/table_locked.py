@@ -6,13 +6,12 @@ or succeeds in time and the pool keeps its connections: the same database backen
 import time
 from dataclasses import dataclass
 
-import psycopg
-from containers import DB_PASSWORD, stack
+from containers import stack
 from load import Load
 from project import DATABASE_TIMEOUT_SECONDS
 from waits import wait_until
 
-from proof.drills.common import Drill, recovered_since, tally
+from proof.drills.common import Drill, connect_to_db, recovered_since, tally
 
 LOCK_SECONDS = 5
 # Every request needing the database answers within DATABASE_TIMEOUT_SECONDS, or 503 (the README's promise); half a
@@ -46,13 +45,6 @@ class TableLocked(Drill):
                 "the pool's connections kept: the same backend pids before and after":
                     bool(self.before) and self.before == self.after,
                 f"full service <= {FULL_SERVICE_SECONDS} s after the release": self.recovery <= FULL_SERVICE_SECONDS}
-
-
-def connect_to_db(notes):
-    """A session of our own on the stack's db, as psql on an operator's machine would open one."""
-    return psycopg.connect(host=notes.db.get_container_host_ip(), port=notes.db.get_exposed_port(5432),
-                           user=notes.db.username, password=DB_PASSWORD, dbname=notes.db.dbname,
-                           application_name="drill", autocommit=True)
 
 
 def web_backends(session, notes):
