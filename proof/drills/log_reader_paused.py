@@ -29,7 +29,10 @@ STALL_SECONDS = 1
 # lines fills within the pause too. wrk runs until the drill stops it, LOAD_SECONDS at most.
 LOAD_CONNECTIONS = 16
 LOAD_SECONDS = 120
-PLAIN_P99_MS = 100
+# wrk keeps the worker busy, so the client's GET / queues behind its connections: 30 to 300 ms at p99 on this
+# shared machine, before and during the pause alike. A worker blocked on its log pipe stops for the whole pause
+# instead, and the client's requests reach their 2 s timeout.
+PLAIN_P99_MS = 500
 RESUME_BOUND_SECONDS = 5
 # Run in web by `docker exec`: the metrics port is published nowhere, as in compose.yaml.
 SCRAPE = "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())"
@@ -159,8 +162,7 @@ class LogReaderPaused(Drill):
                 "every request answered: wrk's, the client's, and 503 JSON or a success for the notes requests":
                     self.load_requests > 0 and self.load_failed == 0 and self.sent > 0 and self.answered == self.sent
                     and self.notes_unavailable > 0 and self.notes_other == 0,
-                f"the client's p99 while blocked <= twice its p99 before, or {PLAIN_P99_MS} ms":
-                    self.p99_ms <= max(2 * self.p99_before_ms, PLAIN_P99_MS),
+                f"the client's p99 while blocked <= {PLAIN_P99_MS} ms": self.p99_ms <= PLAIN_P99_MS,
                 # wrk does not count the requests still in flight as it stops, which the server answered and logged.
                 "every line logged or counted as dropped":
                     0 <= self.logged_lines + self.dropped - self.written <= LOAD_CONNECTIONS,
