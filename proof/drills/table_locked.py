@@ -48,7 +48,8 @@ class TableLocked(Drill):
 
 
 def web_backends(session, notes):
-    """(pid, application_name) of each db backend serving web, known by the address web connects from."""
+    """(pid, application_name) of each db backend serving web, known by the address web connects from: no copy of
+    app.py's application name is needed, and the name is reported beside the pids."""
     address = notes.docker("web").attrs["NetworkSettings"]["Networks"][notes.network.name]["IPAddress"]
     return session.execute("SELECT pid, application_name FROM pg_stat_activity WHERE client_addr = %s::inet "
                            "ORDER BY pid", [address]).fetchall()
