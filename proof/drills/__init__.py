@@ -16,12 +16,15 @@ from proof.drills.disk_full import disk_full
 from proof.drills.durability_across_compose_down_up import durability_across_compose_down_up
 from proof.drills.durability_after_db_kill import durability_after_db_kill
 from proof.drills.graceful_stop import graceful_stop
+from proof.drills.log_reader_paused import log_reader_paused
+from proof.drills.raw_fuzz import raw_fuzz
 from proof.drills.slow_clients import slow_clients
+from proof.drills.table_locked import table_locked
 from proof.drills.too_many_connections import too_many_connections
 from proof.drills.worker_killed import worker_killed
 
 DRILLS = (durability_after_db_kill, durability_across_compose_down_up, graceful_stop, database_outage,
-          database_frozen, backup_under_writes, disk_full, worker_killed, too_many_connections, bad_input,
-          slow_clients)
+          database_frozen, table_locked, backup_under_writes, disk_full, worker_killed, too_many_connections,
+          log_reader_paused, bad_input, raw_fuzz, slow_clients)
 
 __all__ = ["DRILLS", "Durability"]

@@ -6,11 +6,16 @@ import json
 import time
 from dataclasses import dataclass
 
+import psycopg
+import requests
+from containers import DB_PASSWORD
 from load import stored_notes
 
 # How long each interruption lasts, and how soon after it the service must answer every request again.
 OUTAGE_SECONDS = 10
 RECOVERY_BOUND_SECONDS = 5
+# Past a deadline of the server's, the time a busy machine may take to see a connection answered or closed.
+SLACK_SECONDS = 2
 
 
 class Drill:
@@ -100,3 +105,28 @@ def recovered_since(outcomes, at_least):
         else:
             since = None
     return since if since and time.monotonic() - since >= at_least else None
+
+
+def plain_requests(url, stopping, outcomes):
+    """GET / back to back until `stopping` is set, each as (sent at, latency s, answered 200)."""
+    with requests.Session() as session:
+        while not stopping.is_set():
+            sent = time.monotonic()
+            try:
+                ok = session.get(url, timeout=2).status_code == 200
+            except requests.RequestException:
+                ok = False
+            outcomes.append((sent, time.monotonic() - sent, ok))
+
+
+def p99_ms(latencies):
+    """The 99th percentile of `latencies` (seconds), in milliseconds; infinite when there are none."""
+    latencies = sorted(latencies)
+    return latencies[max(0, -(-len(latencies) * 99 // 100) - 1)] * 1000 if latencies else float("inf")
+
+
+def connect_to_db(notes):
+    """A session of our own on the stack's db, as psql on an operator's machine would open one."""
+    return psycopg.connect(host=notes.db.get_container_host_ip(), port=notes.db.get_exposed_port(5432),
+                           user=notes.db.username, password=DB_PASSWORD, dbname=notes.db.dbname,
+                           application_name="drill", autocommit=True)

@@ -9,15 +9,13 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
-import requests
 from containers import stack
 from project import BODY_TIMEOUT_SECONDS, KEEPALIVE_SECONDS
 from waits import TIME_WAIT, tcp_states, wait_until
 
-from proof.drills.common import Drill
+from proof.drills.common import SLACK_SECONDS, Drill, p99_ms, plain_requests
 
 SLOW_PHASE_SECONDS = 15
-SLACK_SECONDS = 2
 BODY_LENGTH = 60000
 # kind: (bytes sent on connect, the byte stream trickled at one byte a second, how long the server may keep it open)
 SLOW_KINDS = {
@@ -75,18 +73,6 @@ class SlowClients(Drill):
 
     def __str__(self):
         return "\n".join(map(str, self.phases))
-
-
-def plain_requests(url, stopping, outcomes):
-    """GET / back to back until `stopping` is set, each as (latency s, answered 200)."""
-    with requests.Session() as session:
-        while not stopping.is_set():
-            sent = time.monotonic()
-            try:
-                ok = session.get(url, timeout=2).status_code == 200
-            except requests.RequestException:
-                ok = False
-            outcomes.append((time.monotonic() - sent, ok))
 
 
 def connections_to(port):
@@ -154,9 +140,8 @@ def slow_phase(notes, kind, count):
         key.fileobj.close()
     selector.close()
     wait_until(lambda: connections_to(notes.port) == 0, 20, f"{kind} sockets gone")
-    latencies = sorted(latency for latency, _ in outcomes)
-    p99 = latencies[max(0, -(-len(latencies) * 99 // 100) - 1)] * 1000 if latencies else float("inf")
-    return SlowPhase(kind, count, bound, len(outcomes), sum(ok for _, ok in outcomes), p99, opened,
+    return SlowPhase(kind, count, bound, len(outcomes), sum(ok for *_, ok in outcomes),
+                     p99_ms(latency for _, latency, _ in outcomes), opened,
                      len(lifetimes), max(lifetimes, default=0.0), outlived, statuses)
 
 

@@ -67,6 +67,22 @@ def test_more_replicas_than_max_connections_get_503_json_within_the_pool_wait_an
     assert result.missed() == [], result
 
 
+def test_a_table_locked_under_load_gets_503_json_in_time_and_the_pool_keeps_its_connections(images):
+    result = drills.table_locked(images["slim"])
+    assert result.missed() == [], result
+
+
+def test_a_paused_log_reader_costs_log_lines_never_answers_and_lines_resume_with_the_reader(images):
+    result = drills.log_reader_paused(images["slim"])
+    assert result.missed() == [], result
+
+
+def test_ten_thousand_byte_mutated_raw_requests_get_no_5xx_no_traceback_and_no_connection_outlives_its_deadline(
+        images):
+    result = drills.raw_fuzz(images["slim"])
+    assert result.planned == 10_000 and result.missed() == [], result
+
+
 def test_every_drill_is_asserted_here_and_run_by_make_drills():
     source = open(__file__).read()
     asserted = {name for name in dir(drills) if f"drills.{name}(images" in source}
