@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import yaml
 from containers import DATABASE_ENV, DB_PASSWORD, LABEL, migrate, postgres
 from project import POSTGRES_IMAGE, ROOT, base_image
 from testcontainers.core.container import DockerContainer
@@ -37,6 +38,8 @@ from proof.builds import cold_and_rebuild
 from proof.report import machine, markdown_table, revision
 
 HERE = Path(__file__).resolve().parent
+WEB_NANO_CPUS = int(float(yaml.safe_load((ROOT / "compose.yaml").read_text())
+                          ["services"]["web"]["deploy"]["resources"]["limits"]["cpus"]) * 1e9)
 DEADLINE = time.monotonic() + 1500
 CONNECTIONS = 64
 LOAD_SECONDS = 10
@@ -59,6 +62,8 @@ class Variant:
     environment: dict = field(default_factory=dict)
     # and with this gunicorn config file of this folder mounted and passed to gunicorn instead of the shipped one.
     config: str | None = None
+    # Run by gunicorn itself rather than `python -m serving`: a worker model other than the service's gevent one.
+    plain_gunicorn: bool = False
 
     @property
     def reuses_slim(self):
@@ -77,10 +82,11 @@ VARIANTS = (
     Variant("naive", "the module's image: Flask dev server, root", HERE / "naive",
             ("Dockerfile", "app.py", "requirements.txt"), "Dockerfile", "PYTHON_IMAGE", "/", False),
     Variant("sync", "slim on gunicorn's sync worker", ROOT, ("Dockerfile", *SERVICE_FILES), "Dockerfile",
-            "PYTHON_IMAGE", "/readyz", True, BLOCKING_WORKERS, "sync.conf.py"),
+            "PYTHON_IMAGE", "/readyz", True, BLOCKING_WORKERS, "sync.conf.py", plain_gunicorn=True),
     Variant(f"gthread ×{THREADS}", f"slim on gthread, {THREADS} threads a worker", ROOT,
             ("Dockerfile", *SERVICE_FILES), "Dockerfile", "PYTHON_IMAGE", "/readyz", True,
-            {**BLOCKING_WORKERS, "BENCH_THREADS": str(THREADS)}, "gthread.conf.py"),
+            {**BLOCKING_WORKERS, "BENCH_WORKER_CLASS": "gthread", "BENCH_THREADS": str(THREADS)}, "sync.conf.py",
+            plain_gunicorn=True),
     Variant("slim", "Dockerfile: gunicorn gevent, non-root", ROOT, ("Dockerfile", *SERVICE_FILES), "Dockerfile",
             "PYTHON_IMAGE", "/readyz", True),
     Variant("slim, no metrics", "slim without counting requests for /metrics", ROOT,
@@ -140,7 +146,8 @@ def memory_in_use(container):
 
 def start_timed(variant, image, network):
     """`docker run` (create and start) until the ready path answers 200: returns the seconds and the container."""
-    container = DockerContainer(image).with_network(network).with_kwargs(labels=LABEL)
+    # Every contender gets web's CPU limit in compose.yaml, so each figure is what a deployment of it sees.
+    container = DockerContainer(image).with_network(network).with_kwargs(labels=LABEL, nano_cpus=WEB_NANO_CPUS)
     if variant.database:
         for name, value in DATABASE_ENV.items():
             container.with_env(name, value)
@@ -148,7 +155,7 @@ def start_timed(variant, image, network):
         container.with_env(name, value)
     if variant.config:
         container.with_volume_mapping(str(HERE / variant.config), f"{CONFIG_DIR}/{variant.config}", "ro")
-        container.with_command(with_config(image, f"{CONFIG_DIR}/{variant.config}"))
+        container.with_command(with_config(variant, image))
     container.ports["8000/tcp"] = ("127.0.0.1", free_port())
     start = time.monotonic()
     container.start()
@@ -160,14 +167,14 @@ def start_timed(variant, image, network):
     return time.monotonic() - start, container
 
 
-def with_config(image, config):
-    """The image's own command, with gunicorn's --config pointing at `config`: replaced where the command names one,
-    else added (the images run `python -m serving`, which passes its options on to gunicorn, the last --config
-    winning)."""
+def with_config(variant, image):
+    """The image's own command, with gunicorn's --config pointing at the variant's file (the images run
+    `python -m serving`, which passes its options on to gunicorn, the last --config winning); a plain_gunicorn
+    variant runs gunicorn itself, so that serving.py is never imported."""
+    config = f"{CONFIG_DIR}/{variant.config}"
+    if variant.plain_gunicorn:
+        return ["python", "-m", "gunicorn", "--config", config, "app:create_app()"]
     command = json.loads(run("docker", "image", "inspect", "--format", "{{json .Config.Cmd}}", image))
-    if "--config" in command[:-1]:
-        at = command.index("--config") + 1
-        return [*command[:at], config, *command[at + 1:]]
     return [*command, "--config", config]
 
 
@@ -198,7 +205,7 @@ def prepare(variant, network, scratch, cleanup):
 def gunicorn_workers(container):
     """How many workers gunicorn runs in `container` (its processes but the master), or None without gunicorn."""
     processes = container.get_wrapped_container().top()["Processes"]
-    count = sum("gunicorn" in process[-1] for process in processes)
+    count = sum(any(name in process[-1] for name in ("gunicorn", "serving")) for process in processes)
     return count - 1 if count else None
 
 
@@ -354,14 +361,16 @@ Figures from one machine: compare rows with each other, not with another machine
 
 ## How each figure is taken
 
+- Every contender runs with web's CPU limit in compose.yaml ({WEB_NANO_CPUS / 1e9:g} CPU), as a deployment runs it:
+  each figure, and each ratio to the ceiling, is what one container of it serves.
 - **naive** is the module's hello-flask ([proof/bench/naive](../proof/bench/naive)): `python app.py`, Flask's
   development server, as root. **ceiling** ([proof/bench/ceiling](../proof/bench/ceiling)) is gunicorn with the
   service's gevent worker serving a WSGI callable that only returns its greeting: no service on this machine
   with those workers answers GET / faster. Neither has a database, so neither has a notes mix.
-- **sync** and **gthread ×{THREADS}** are the slim image as it is, run with a gunicorn config file of their own
-  ([sync.conf.py](../proof/bench/sync.conf.py), [gthread.conf.py](../proof/bench/gthread.conf.py)): the shipped
-  settings with another worker class, and two workers: the worker models the service did not choose, on the same
-  code and pool. They run the slim image, so they have no build times. **slim, no metrics** is the slim image with
+- **sync** and **gthread ×{THREADS}** are the slim image as it is, run by gunicorn itself with a config file of their
+  own ([sync.conf.py](../proof/bench/sync.conf.py), the worker class from the environment): the service's settings
+  with another worker class, two workers, and without serving.py, whose gevent patches would make them gevent
+  processes: the worker models the service did not choose, on the same code and pool. They run the slim image, so they have no build times. **slim, no metrics** is the slim image with
   [no_metrics.conf.py](../proof/bench/no_metrics.conf.py), which unregisters the app's `count_request` hook in each
   worker: it then counts no request for /metrics, and the difference to slim is what counting costs.
   **slim, 2 workers** and
