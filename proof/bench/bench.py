@@ -370,7 +370,8 @@ Figures from one machine: compare rows with each other, not with another machine
 - **sync** and **gthread ×{THREADS}** are the slim image as it is, run by gunicorn itself with a config file of their
   own ([sync.conf.py](../proof/bench/sync.conf.py), the worker class from the environment): the service's settings
   with another worker class, two workers, and without serving.py, whose gevent patches would make them gevent
-  processes: the worker models the service did not choose, on the same code and pool. They run the slim image, so they have no build times. **slim, no metrics** is the slim image with
+  processes: the worker models the service did not choose, on the same code and pool. They run the slim image, so
+  they have no build times. **slim, no metrics** is the slim image with
   [no_metrics.conf.py](../proof/bench/no_metrics.conf.py), which unregisters the app's `count_request` hook in each
   worker: it then counts no request for /metrics, and the difference to slim is what counting costs.
   **slim, 2 workers** and
