@@ -225,6 +225,7 @@ def test_a_chunked_body_of_exactly_64_kib_is_still_read_and_stored(server):
     assert json.loads(answer)["text"] == text
 
 
+@pytest.mark.slow  # waits out a deadline or a lock
 def test_a_body_slower_than_its_deadline_answers_408_saying_the_connection_closes(server):
     head = (b"POST /api/notes HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             b"Content-Length: 60000\r\n\r\n")
@@ -340,6 +341,7 @@ def test_gunicorn_refuses_a_non_numeric_worker_count_with_one_line(app_environme
 HOLD_SECONDS = 5
 
 
+@pytest.mark.slow  # waits out a deadline or a lock
 def test_migrate_waits_for_its_lock_held_elsewhere_instead_of_timing_out(app_environment, postgres, database_url):
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as runner, connect(postgres, database_url) as holder:
         # Another pod's migrate, or an operator's session, holding the lock for a while.
@@ -356,6 +358,7 @@ def test_migrate_waits_for_its_lock_held_elsewhere_instead_of_timing_out(app_env
     assert time.monotonic() - started > HOLD_SECONDS - 1, "migrate ended before the lock was released"
 
 
+@pytest.mark.slow  # waits out a deadline or a lock
 def test_migrate_gives_up_on_a_table_locked_past_its_bound_with_one_line_and_changes_nothing(
     app_environment, postgres, database_url
 ):
@@ -374,6 +377,7 @@ def test_migrate_gives_up_on_a_table_locked_past_its_bound_with_one_line_and_cha
     assert 4 <= waited <= 15
 
 
+@pytest.mark.slow  # waits out a deadline or a lock
 def test_a_locked_table_answers_503_within_the_bound_and_the_pool_keeps_its_connections(
     app_environment, postgres, own_database, tmp_path
 ):
