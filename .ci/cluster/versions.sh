@@ -1,5 +1,8 @@
-# The cluster's pinned versions: sourced by every script in this folder, so each version has one home.
-# go.mod is generated from these by `bash .ci/cluster/pin`; a change here needs a re-run of pin and a commit of
-# go.mod and go.sum.
+# The cluster's pinned versions, sourced by every script in this folder so each has one home. After a change, run
+# `bash .ci/cluster/pin` and commit the go.mod and go.sum files it rewrites.
 KUBERNETES_VERSION=v1.35.4
 ETCD_VERSION=v3.6.16
+# The CRDs of the components' custom resources, as their projects publish them, for server-side dry runs.
+# Gateway API v1.7.0 needs Go 1.27 to unpack (its go.mod says so); v1.6.3 is the newest that Go 1.26 accepts.
+GATEWAY_API_VERSION=v1.6.3
+PROMETHEUS_OPERATOR_VERSION=v0.85.0
