@@ -16,5 +16,5 @@ state=${NOTES_CLUSTER_STATE:-${TMPDIR:-/tmp}/notes-cluster}
 running() {  # name: the pid in $state/name.pid is alive and was started with this state folder
   local pid
   pid=$(cat "$state/$1.pid" 2>/dev/null) || return 1
-  tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "^$state/"
+  grep -qz "^$state/" "/proc/$pid/cmdline" 2>/dev/null
 }
