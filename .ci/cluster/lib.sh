@@ -12,7 +12,7 @@ export GOFLAGS="-modcacherw ${GOFLAGS:-}"
 state=${NOTES_CLUSTER_STATE:-${TMPDIR:-/tmp}/notes-cluster}
 kubeconfig=$state/kubeconfig
 # The node's name and address: an address on a bridge of its own (the kernel has no dummy interfaces), so nothing
-# the cluster serves listens on the machine's real interfaces. Pods get addresses from pod_range on notes-cni0.
+# the cluster serves listens on the machine's real interfaces; the API server and kubelet listen there. Pods get addresses from pod_range on notes-cni0.
 node=notes-node
 node_address=10.200.0.1
 pod_range=10.244.0.0/24
