@@ -1,0 +1,3 @@
+module notes.local/ci-cluster/pause
+
+go 1.26.8
