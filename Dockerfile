@@ -14,12 +14,14 @@ RUN python -m compileall -q -j 0 -x '/(test|tests|idlelib|tkinter|turtledemo|ens
 # Layer caching: the dependency manifest comes before the source, so a code edit reuses the installed packages.
 COPY requirements.txt .
 # Then, in the same layer (a later one would only hide files this one still ships): the test suites and C sources
-# that gevent, greenlet and zope.interface install beside their code, which nothing here runs, and every setuid bit.
+# that gevent, greenlet and zope.interface install beside their code, and gevent's libuv loop, which nothing here
+# runs; and every setuid or setgid program, deleted (a chmod would copy each one into this layer).
 RUN pip install --no-cache-dir --require-hashes -r requirements.txt \
  && site="$(python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" \
- && find "$site" -depth \( -type d \( -name tests -o -path '*/gevent/testing' \) -exec rm -rf {} + \) \
+ && find "$site" -depth \( -type d \( -name tests -o -path '*/gevent/testing' -o -path '*/gevent/libuv' \) \
+      -exec rm -rf {} + \) \
       -o \( -type f \( -name '*.[ch]' -o -name '*.[ch]pp' -o -name '*.pyx' -o -name '*.pxd' \) -delete \) \
- && find / -xdev -type f -perm /6000 -exec chmod a-s {} +
+ && find / -xdev -type f -perm /6000 -delete
 
 # Files copied as root stay read-only to the runtime user: a compromised process cannot rewrite the app.
 COPY app.py gunicorn.conf.py serving.py ./
