@@ -100,8 +100,8 @@ def baseline(files, tests, pristine):
         by_module.setdefault(facts["module"], set()).add(test)
 
     def tests_of(context):
-        if context.startswith("spawned:"):
-            return by_module.get(context.removeprefix("spawned:"), set(ran))
+        if context.startswith("module:"):  # a fixture or a subprocess: pytest_mutate.py, sitecustomize.py
+            return by_module.get(context.removeprefix("module:"), set(ran))
         return {context} if context in ran else set(ran)  # "": at collection, outside any test
 
     lines, functions = {}, {}
@@ -220,10 +220,11 @@ def code(text):
     return "`" + text.replace("|", "\\|") + "`" if text else ""
 
 
-def report(session, files, tests, seconds, plan, output):
+def report(session, files, tests, run, plan, output):
     with use_db(str(session), WorkDB.Mode.open) as db:
         done = sorted(db.completed_work_items, key=lambda pair: (str(pair[0].mutations[0].module_path),
                                                                  pair[0].mutations[0].start_pos))
+        pending = db.num_work_items - len(done)
     judgements = load_judgements()
     names = {name: qualified_names((STAGE / "pristine" / name).read_text()) for name in files}
     seen = Counter()
@@ -271,6 +272,9 @@ def report(session, files, tests, seconds, plan, output):
         failures.append(f"{total['unexplained']} survivors have no judgement in proof/mutate/judgements.toml")
     if errors:
         failures.append(f"{len(errors)} mutants could not be run (see the end of this file)")
+    if pending:
+        failures.append(f"the run stopped before {pending} of {db.num_work_items} mutants were tested: the figures "
+                        "above count only those tested")
 
     lines = [
         "# Mutation testing",
@@ -282,15 +286,16 @@ def report(session, files, tests, seconds, plan, output):
         "operator could tell it from the code) or a gap the tests leave; a person judges each one, in "
         "[proof/mutate/judgements.toml](../proof/mutate/judgements.toml).",
         "",
-        f"- Date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
-        f"- Revision: {revision()}",
+        f"- Date: {run['date']}",
+        f"- Revision: {run['revision']}",
         f"- Tool: cosmic-ray {version('cosmic-ray')}, every core operator; coverage {version('coverage')} chose "
         "each mutant's tests: those that ran its function (a line run at import time: every test that runs the "
         "file)",
         f"- Mutated: {', '.join(files)}",
         f"- Tests: {' '.join(tests)}, {len(plan['tests'])} of them, leaving out those marked "
         "slow, kind or nested and those that build the images",
-        f"- Run time: {seconds / 60:.0f} min on {machine()}",
+        f"- Run time: {run['seconds'] / 60:.0f} min on {run['machine']}, load average (1 min) {run['load']} as the "
+        "run began: above 2, other work shared the cores",
         "",
         "## Score",
         "",
@@ -356,8 +361,11 @@ def main():
     start = time.monotonic()
     if arguments.report_only:
         plan = json.loads((STAGE / "plan.json").read_text())
-        seconds = float((STAGE / "seconds").read_text())
+        run = json.loads((STAGE / "run.json").read_text())
     else:
+        # What the report says of the run, taken as it begins: the judgements may be committed after it.
+        run = {"date": f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC", "revision": revision(), "machine": machine(),
+               "load": f"{os.getloadavg()[0]:.2f}"}
         shutil.rmtree(STAGE, ignore_errors=True)
         STAGE.mkdir(parents=True)
         pristine = copy_repository(STAGE / "pristine")
@@ -365,9 +373,9 @@ def main():
         (STAGE / "plan.json").write_text(json.dumps(plan))
         print(f"mutate: baseline done in {time.monotonic() - start:.0f} s, {len(plan['tests'])} tests", flush=True)
         execute(arguments.files, arguments.workers, pristine)
-        seconds = time.monotonic() - start
-        (STAGE / "seconds").write_text(str(seconds))
-    failures = report(STAGE / "session.sqlite", arguments.files, arguments.tests, seconds, plan, arguments.output)
+        run["seconds"] = time.monotonic() - start
+        (STAGE / "run.json").write_text(json.dumps(run))
+    failures = report(STAGE / "session.sqlite", arguments.files, arguments.tests, run, plan, arguments.output)
     print(f"mutate: wrote {arguments.output} in {(time.monotonic() - start) / 60:.0f} min")
     if failures:
         sys.exit("mutate: " + "; ".join(failures))

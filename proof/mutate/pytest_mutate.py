@@ -50,14 +50,38 @@ def pytest_runtest_protocol(item, nextitem):
     if _folder is None:
         yield
         return
-    import coverage
-
     (_folder / "running").write_text(item.path.name)
-    coverage.Coverage.current().switch_context(item.nodeid)
     start = time.monotonic()
     yield
     _durations[item.nodeid] = {"module": item.path.name, "path": str(item.path), "seconds": time.monotonic() - start}
-    coverage.Coverage.current().switch_context("")
+    switch_context("")
+
+
+# What a fixture runs counts for every test of the module: a module- or session-scoped fixture is set up in the first
+# test that needs it and serves the others; what the test itself runs counts for that test alone.
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item):
+    switch_context(f"module:{item.path.name}")
+    yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    switch_context(item.nodeid)
+    yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item):
+    switch_context(f"module:{item.path.name}")
+    yield
+
+
+def switch_context(context):
+    if _folder is not None:
+        import coverage
+
+        coverage.Coverage.current().switch_context(context)
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -12,11 +12,11 @@ if os.environ.get("MUTATE_COVERAGE"):
 
     _folder = Path(os.environ["MUTATE_COVERAGE"])
     _running = _folder / "running"
-    # A subprocess is charged to every test of the module that started it: a module-scoped server outlives the test
+    # A subprocess counts for every test of the module that started it: a module-scoped server outlives the test
     # that started it and answers the module's other tests. pytest itself switches context per test (pytest_mutate).
     _coverage = coverage.Coverage(
         data_file=str(_folder / "data"), data_suffix=True, include=os.environ["MUTATE_INCLUDE"].split(","),
-        context=f"spawned:{_running.read_text()}" if _running.exists() else None,
+        context=f"module:{_running.read_text()}" if _running.exists() else None,
         # gunicorn's gevent workers answer in greenlets; coverage follows them only when told.
         concurrency=["gevent", "thread"], config_file=False)
     # Tests read what the app writes to stderr line by line: coverage must add nothing to it.
