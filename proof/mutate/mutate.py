@@ -224,7 +224,7 @@ def report(session, files, tests, run, plan, output):
     with use_db(str(session), WorkDB.Mode.open) as db:
         done = sorted(db.completed_work_items, key=lambda pair: (str(pair[0].mutations[0].module_path),
                                                                  pair[0].mutations[0].start_pos))
-        pending = db.num_work_items - len(done)
+        total_items = db.num_work_items
     judgements = load_judgements()
     names = {name: qualified_names((STAGE / "pristine" / name).read_text()) for name in files}
     seen = Counter()
@@ -272,9 +272,9 @@ def report(session, files, tests, run, plan, output):
         failures.append(f"{total['unexplained']} survivors have no judgement in proof/mutate/judgements.toml")
     if errors:
         failures.append(f"{len(errors)} mutants could not be run (see the end of this file)")
-    if pending:
-        failures.append(f"the run stopped before {pending} of {db.num_work_items} mutants were tested: the figures "
-                        "above count only those tested")
+    if total_items > len(done):
+        failures.append(f"the run stopped before {total_items - len(done)} of {total_items} mutants were tested: "
+                        "the figures above count only those tested")
 
     lines = [
         "# Mutation testing",
