@@ -11,6 +11,9 @@
 4. Writes docs/mutation.md: the score, and every survivor with the judgement a person wrote for it in
    judgements.toml, keyed by file, function, line and mutant (not by a job number, which changes with the code).
    Exits non-zero when the score is under the goal, a survivor has no judgement, or a mutant could not be run.
+
+After judging the survivors, `make mutate-report` rewrites the report from the same run; an interrupted run goes on
+where it stopped with `mutate.py --resume` (same arguments as make mutate's).
 """
 
 import argparse
@@ -125,9 +128,9 @@ def cosmic_ray(*arguments, **options):
     return subprocess.run([str(Path(sys.executable).parent / "cosmic-ray"), *arguments], check=True, **options)
 
 
-def execute(files, workers, pristine):
-    """cosmic-ray init and exec, with one http-worker in its own copy of the repository per core; returns the
-    session file."""
+def execute(files, workers, pristine, resume):
+    """cosmic-ray init (unless resuming: exec runs only the mutants not yet tested) and exec, with one http-worker in
+    its own copy of the repository per core."""
     ports = [free_port() for _ in range(workers)]
     config = STAGE / "cosmic-ray.toml"
     config.write_text("\n".join([
@@ -142,7 +145,8 @@ def execute(files, workers, pristine):
         f"worker-urls = {json.dumps([f'http://127.0.0.1:{port}' for port in ports])}",
     ]) + "\n")
     session = STAGE / "session.sqlite"
-    cosmic_ray("init", str(config), str(session), cwd=pristine)
+    if not resume:
+        cosmic_ray("init", str(config), str(session), cwd=pristine)
     environment = {**os.environ, "PYTHONPATH": str(HERE)}
     processes = []
     try:
@@ -163,7 +167,6 @@ def execute(files, workers, pristine):
         for process in processes:
             process.terminate()
             process.wait(timeout=60)
-    return session
 
 
 def listening(port):
@@ -356,25 +359,29 @@ def main():
     parser.add_argument("--workers", type=int, default=2, help="mutants tested at once, one per core")
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "mutation.md")
     parser.add_argument("--report-only", action="store_true", help="rewrite the report from the last run's session")
+    parser.add_argument("--resume", action="store_true", help="test the mutants an interrupted run left untested")
     arguments = parser.parse_args()
 
     start = time.monotonic()
-    if arguments.report_only:
+    if arguments.report_only or arguments.resume:
         plan = json.loads((STAGE / "plan.json").read_text())
         run = json.loads((STAGE / "run.json").read_text())
     else:
         # What the report says of the run, taken as it begins: the judgements may be committed after it.
         run = {"date": f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC", "revision": revision(), "machine": machine(),
-               "load": f"{os.getloadavg()[0]:.2f}"}
+               "load": f"{os.getloadavg()[0]:.2f}", "seconds": 0}
         shutil.rmtree(STAGE, ignore_errors=True)
         STAGE.mkdir(parents=True)
-        pristine = copy_repository(STAGE / "pristine")
-        plan = baseline(arguments.files, arguments.tests, pristine)
+        copy_repository(STAGE / "pristine")
+        plan = baseline(arguments.files, arguments.tests, STAGE / "pristine")
         (STAGE / "plan.json").write_text(json.dumps(plan))
         print(f"mutate: baseline done in {time.monotonic() - start:.0f} s, {len(plan['tests'])} tests", flush=True)
-        execute(arguments.files, arguments.workers, pristine)
-        run["seconds"] = time.monotonic() - start
-        (STAGE / "run.json").write_text(json.dumps(run))
+    if not arguments.report_only:
+        try:
+            execute(arguments.files, arguments.workers, STAGE / "pristine", arguments.resume)
+        finally:
+            run["seconds"] += time.monotonic() - start
+            (STAGE / "run.json").write_text(json.dumps(run))
     failures = report(STAGE / "session.sqlite", arguments.files, arguments.tests, run, plan, arguments.output)
     print(f"mutate: wrote {arguments.output} in {(time.monotonic() - start) / 60:.0f} min")
     if failures:
