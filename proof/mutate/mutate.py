@@ -18,6 +18,7 @@ where it stopped with `mutate.py --resume` (same arguments as make mutate's).
 
 import argparse
 import ast
+import io
 import json
 import os
 import shutil
@@ -27,6 +28,7 @@ import subprocess
 import sys
 import threading
 import time
+import tokenize
 import tomllib
 from collections import Counter
 from datetime import UTC, datetime
@@ -205,11 +207,22 @@ def qualified_names(source):
     return names
 
 
+def without_comment(line):
+    """The line without its comment, so that rewording a comment keeps its judgements."""
+    tokens = []
+    try:
+        tokens.extend(tokenize.generate_tokens(io.StringIO(line).readline))
+    except (tokenize.TokenError, IndentationError):  # a line of a statement that spans several: its tokens so far
+        pass
+    comment = next((token for token in tokens if token.type == tokenize.COMMENT), None)
+    return (line[:comment.start[1]] if comment else line).strip()
+
+
 def key(mutation, result, names):
     """What a person reads and judges: the file, the function, the line as written and the line as mutated."""
     diff = (result.diff or "").splitlines()
-    removed = [line[1:].strip() for line in diff if line.startswith("-") and not line.startswith("---")]
-    added = [line[1:].strip() for line in diff if line.startswith("+") and not line.startswith("+++")]
+    removed = [without_comment(line[1:]) for line in diff if line.startswith("-") and not line.startswith("---")]
+    added = [without_comment(line[1:]) for line in diff if line.startswith("+") and not line.startswith("+++")]
     return (str(mutation.module_path), names.get(mutation.start_pos[0], "(module)"), " / ".join(removed),
             " / ".join(added) or "(line removed)")
 
