@@ -149,6 +149,9 @@ def execute(files, workers, pristine, resume):
     session = STAGE / "session.sqlite"
     if not resume:
         cosmic_ray("init", str(config), str(session), cwd=pristine)
+    else:  # the mutants under test when the run was interrupted: their workers were stopped, not the mutants run
+        with sqlite3.connect(session) as db:
+            db.execute("DELETE FROM work_results WHERE worker_outcome = 'ABNORMAL'")
     environment = {**os.environ, "PYTHONPATH": str(HERE)}
     processes = []
     try:
