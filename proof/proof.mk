@@ -44,3 +44,25 @@ k8s-validate: $(VENV)/.installed $(VENV)/scan/.installed $(VENV)/checkov/bin/che
 	$(PYTEST) tests/test_k8s.py tests/test_k8s_components.py tests/test_kind.py proof/tests/test_k8s_policies.py \
 	  proof/tests/test_k8s_docker.py proof/tests/test_kube.py -m "not docker and not kind"
 	$(PROOF_PATH) $(VENV)/scan/bin/python -m proof.scan.scan --only checkov
+
+# ---------------------------------------------------------------------------------------------------------------
+# Mutation testing (proof/mutate/): cosmic-ray changes MUTATE_FILES one mutant at a time, in copies of the
+# repository, and runs the tests of MUTATE_TESTS that ran the mutated function. An hour or more on 2 cores, so
+# neither make test nor CI runs it, like bench.
+MUTATE_FILES ?= app.py serving.py
+MUTATE_TESTS ?= tests/test_app.py tests/test_gunicorn.py tests/test_metrics.py tests/test_hostile.py tests/test_outages.py
+MUTATE = $(PROOF_PATH) $(VENV)/mutate/bin/python proof/mutate/mutate.py --files $(MUTATE_FILES) --tests $(MUTATE_TESTS)
+
+# The tests' pins, cosmic-ray and coverage, in a virtual environment of their own.
+$(VENV)/mutate/.installed: proof/mutate/requirements-mutate.txt tests/requirements.txt
+	python3 -m venv $(VENV)/mutate
+	$(VENV)/mutate/bin/pip install --quiet --require-hashes -r tests/requirements.txt \
+	  -r proof/mutate/requirements-mutate.txt
+	touch $@
+
+.PHONY: mutate mutate-report
+mutate: $(VENV)/mutate/.installed ## mutation-test the serving code against its tests, 2 mutants at once; writes docs/mutation.md
+	$(MUTATE)
+
+mutate-report: $(VENV)/mutate/.installed ## rewrite docs/mutation.md from the last make mutate, after judging its survivors
+	$(MUTATE) --report-only

@@ -36,7 +36,9 @@ from importlib.metadata import version
 from pathlib import Path
 
 from cosmic_ray.work_db import WorkDB, use_db
-from harness import free_port, machine, markdown_table, revision, wait_until
+from waits import free_port, wait_until
+
+from proof.report import machine, markdown_table, revision
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
