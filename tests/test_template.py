@@ -24,7 +24,7 @@ def safe_to_delete(readme):
 
 def test_the_readme_lists_the_instruments_ci_optional_components_and_the_runs_figures_as_safe_to_delete():
     assert safe_to_delete((ROOT / "README.md").read_text()) == [
-        "proof/", ".ci/", "k8s/components/*", "docs/benchmarks.md", "docs/drills.md"]
+        "proof/", ".ci/", "k8s/components/*", "docs/benchmarks.md", "docs/drills.md", "docs/mutation.md"]
 
 
 @pytest.mark.nested
