@@ -661,7 +661,7 @@ def test_each_process_opens_at_most_4_database_connections_by_default(
             answers = [pool.submit(lambda: app.test_client().get("/api/notes")) for _ in range(requests_sent)]
             blocked = ("SELECT count(*) FROM pg_locks JOIN pg_stat_activity USING (pid)"
                        " WHERE NOT granted AND application_name = 'notes-web' AND datname = current_database()")
-            wait_until(lambda: holder.execute(blocked).fetchone()[0] == 4, timeout=10, what="4 requests blocked")
+            wait_until(lambda: holder.execute(blocked).fetchone()[0] >= 4, timeout=10, what="4 requests blocked")
             # The others found no connection: they answer 503, as the blocked ones do at their statement timeout.
             assert [answer.result().status_code for answer in answers] == [503] * requests_sent
         opened = holder.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'notes-web'"
