@@ -1,6 +1,5 @@
 """The service (app.py, gunicorn.conf.py) against a real PostgreSQL from testcontainers."""
 
-import concurrent.futures
 import io
 import json
 import logging
@@ -607,6 +606,7 @@ def assert_one_line_naming(result, variable):
         ({"DATABASE_POOL_MIN_SIZE": "two"}, "DATABASE_POOL_MIN_SIZE"),
         ({"DATABASE_POOL_MAX_SIZE": "0"}, "DATABASE_POOL_MAX_SIZE"),
         ({"DATABASE_POOL_MIN_SIZE": "5", "DATABASE_POOL_MAX_SIZE": "2"}, "DATABASE_POOL_MAX_SIZE"),
+        ({"DATABASE_POOL_MIN_SIZE": "5"}, "DATABASE_POOL_MAX_SIZE"),  # over the default maximum, 4
     ],
 )
 def test_invalid_configuration_exits_with_one_line_naming_the_variable(app_environment, variables, variable):
@@ -614,7 +614,8 @@ def test_invalid_configuration_exits_with_one_line_naming_the_variable(app_envir
 
 
 @pytest.mark.parametrize("variables", [{"METRICS_PORT": "65535"}, {"METRICS_PORT": "1"}, {"LOG_LEVEL": "debug"},
-                                       {"DATABASE_POOL_MAX_SIZE": "1"}],
+                                       # Within the defaults: minimum 1, maximum 4.
+                                       {"DATABASE_POOL_MAX_SIZE": "1"}, {"DATABASE_POOL_MIN_SIZE": "4"}],
                          ids=lambda variables: "=".join(*variables.items()))
 def test_configuration_at_the_edge_of_its_range_or_in_lower_case_is_accepted(app_environment, variables):
     result = run_with_configuration(app_environment, **variables)
@@ -645,28 +646,6 @@ def test_a_password_in_an_invalid_database_url_is_not_shown(app_environment):
 
 def test_a_printed_configuration_never_shows_the_password(app, postgres):
     assert postgres.password not in repr(app.config["NOTES"])
-
-
-def test_each_process_opens_at_most_4_database_connections_by_default(
-    app_environment, create_app, postgres, fresh_database_url
-):
-    environment = {**app_environment, "DATABASE_URL": fresh_database_url}
-    assert flask_cli(environment, "migrate").returncode == 0
-    app = create_app(environment)
-    requests_sent = 6
-    with connect(postgres, fresh_database_url) as holder, concurrent.futures.ThreadPoolExecutor(requests_sent) as pool:
-        with holder.transaction():
-            # Every request that got a connection waits on this lock, so the pool grows as far as it may.
-            holder.execute("LOCK TABLE notes IN ACCESS EXCLUSIVE MODE")
-            answers = [pool.submit(lambda: app.test_client().get("/api/notes")) for _ in range(requests_sent)]
-            blocked = ("SELECT count(*) FROM pg_locks JOIN pg_stat_activity USING (pid)"
-                       " WHERE NOT granted AND application_name = 'notes-web' AND datname = current_database()")
-            wait_until(lambda: holder.execute(blocked).fetchone()[0] >= 4, timeout=10, what="4 requests blocked")
-            # The others found no connection: they answer 503, as the blocked ones do at their statement timeout.
-            assert [answer.result().status_code for answer in answers] == [503] * requests_sent
-        opened = holder.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'notes-web'"
-                                " AND datname = current_database()").fetchone()[0]
-    assert opened == 4
 
 
 def documented_variables(text, pattern):
