@@ -153,6 +153,10 @@ def test_create_note_accepts_1000_characters_not_bytes(client):
     assert create_note(client, "é" * 1000)["text"] == "é" * 1000
 
 
+def test_create_note_accepts_a_single_character(client):
+    assert create_note(client, "x")["text"] == "x"
+
+
 @pytest.mark.parametrize(
     "body",
     [
@@ -263,6 +267,24 @@ def test_list_accepts_limit_bounds(client, no_notes, limit):
 def test_list_before_the_first_note_is_empty(client, no_notes):
     first = create_note(client, "first")
     assert client.get(f"/api/notes?before={first['id']}").get_json() == {"notes": [], "next": None}
+
+
+def test_list_accepts_before_at_both_ends_of_its_range(client, no_notes):
+    note = create_note(client, "below every cursor")
+    # The largest bigint: every id is below it, as without a cursor.
+    assert client.get(f"/api/notes?before={BIGINT_MAX}").get_json() == {"notes": [note], "next": None}
+    # 1, the smallest note id: no note is below it.
+    assert client.get("/api/notes?before=1").get_json() == {"notes": [], "next": None}
+
+
+def test_a_full_page_says_next_only_when_a_note_follows_it_and_next_is_its_last_id(client, no_notes):
+    ids = [create_note(client, f"note {n}")["id"] for n in range(4)]
+    full = client.get("/api/notes?limit=3").get_json()
+    assert [note["id"] for note in full["notes"]] == ids[:0:-1]
+    assert full["next"] == ids[1]
+    last = client.get(f"/api/notes?limit=3&before={ids[3]}").get_json()
+    assert [note["id"] for note in last["notes"]] == ids[2::-1]
+    assert last["next"] is None
 
 
 @pytest.mark.parametrize(
@@ -412,9 +434,10 @@ def test_migrate_creates_the_schema_and_a_second_run_changes_nothing(
     environment = {**app_environment, "DATABASE_URL": fresh_database_url}
     first = flask_cli(environment, "migrate")
     assert first.returncode == 0, first.stderr
-    assert "migrated the schema" in first.stdout
     expected = list(range(1, len(app_module.MIGRATIONS) + 1))
     assert schema_versions(postgres, fresh_database_url) == expected
+    # The log names the version the schema is at now: the last one applied.
+    assert f"migrated the schema to version {expected[-1]}" in first.stdout
     second = flask_cli(environment, "migrate")
     assert second.returncode == 0, second.stderr
     assert "up to date" in second.stdout
@@ -446,6 +469,14 @@ def test_two_concurrent_migrate_runs_queue_on_the_lock_and_both_succeed(
     assert stdout.count("migrated the schema") == 1
     assert stdout.count("up to date") == 1
     assert schema_versions(postgres, fresh_database_url) == list(range(1, len(app_module.MIGRATIONS) + 1))
+
+
+def test_migrate_refuses_a_negative_wait_with_a_usage_error_and_accepts_none(app_environment):
+    refused = flask_cli(app_environment, "migrate", "--wait", "-1")
+    assert refused.returncode == 2  # click's usage error, before anything is tried
+    assert "Invalid value for '--wait'" in refused.stderr
+    accepted = flask_cli(app_environment, "migrate", "--wait", "0")
+    assert accepted.returncode == 0, accepted.stderr
 
 
 def test_migrate_gives_up_on_an_unreachable_database_after_its_wait_with_one_line(app_environment, postgres):
@@ -491,6 +522,16 @@ def test_readyz_is_unavailable_until_the_schema_is_migrated(app_environment, cre
     assert_error(client.get("/readyz"), 503, "schema_not_migrated", mentions="run migrate")
     assert flask_cli(environment, "migrate").returncode == 0
     response = client.get("/readyz")
+    assert (response.status_code, response.get_json()) == (200, {"status": "ready"})
+
+
+def test_readyz_answers_ready_on_a_schema_newer_than_the_app(app_environment, create_app, postgres, fresh_database_url):
+    # A rolling deploy: the new release migrated the schema while pods of the old one still serve.
+    environment = {**app_environment, "DATABASE_URL": fresh_database_url}
+    assert flask_cli(environment, "migrate").returncode == 0
+    with connect(postgres, fresh_database_url) as conn:
+        conn.execute("INSERT INTO schema_migrations (version) SELECT max(version) + 1 FROM schema_migrations")
+    response = create_app(environment).test_client().get("/readyz")
     assert (response.status_code, response.get_json()) == (200, {"status": "ready"})
 
 
@@ -560,17 +601,21 @@ def assert_one_line_naming(result, variable):
         ({"NAME": ""}, "NAME"),
         ({"NAME": "   "}, "NAME"),
         ({"METRICS_PORT": "65536"}, "METRICS_PORT"),
+        ({"METRICS_PORT": "0"}, "METRICS_PORT"),
         ({"DATABASE_POOL_MIN_SIZE": "-1"}, "DATABASE_POOL_MIN_SIZE"),
         ({"DATABASE_POOL_MIN_SIZE": "two"}, "DATABASE_POOL_MIN_SIZE"),
         ({"DATABASE_POOL_MAX_SIZE": "0"}, "DATABASE_POOL_MAX_SIZE"),
         ({"DATABASE_POOL_MIN_SIZE": "5", "DATABASE_POOL_MAX_SIZE": "2"}, "DATABASE_POOL_MAX_SIZE"),
+        ({"DATABASE_POOL_MIN_SIZE": "5"}, "DATABASE_POOL_MAX_SIZE"),  # over the default maximum, 4
     ],
 )
 def test_invalid_configuration_exits_with_one_line_naming_the_variable(app_environment, variables, variable):
     assert_one_line_naming(run_with_configuration(app_environment, **variables), variable)
 
 
-@pytest.mark.parametrize("variables", [{"METRICS_PORT": "65535"}, {"LOG_LEVEL": "debug"}],
+@pytest.mark.parametrize("variables", [{"METRICS_PORT": "65535"}, {"METRICS_PORT": "1"}, {"LOG_LEVEL": "debug"},
+                                       # Within the defaults: minimum 1, maximum 4.
+                                       {"DATABASE_POOL_MAX_SIZE": "1"}, {"DATABASE_POOL_MIN_SIZE": "4"}],
                          ids=lambda variables: "=".join(*variables.items()))
 def test_configuration_at_the_edge_of_its_range_or_in_lower_case_is_accepted(app_environment, variables):
     result = run_with_configuration(app_environment, **variables)
@@ -597,6 +642,10 @@ def test_a_password_in_an_invalid_database_url_is_not_shown(app_environment):
     result = run_with_configuration(app_environment, DATABASE_URL="postgresql://app:hunter2-secret@db/app?colour=red")
     assert_one_line_naming(result, "DATABASE_URL")
     assert "hunter2-secret" not in result.stderr
+
+
+def test_a_printed_configuration_never_shows_the_password(app, postgres):
+    assert postgres.password not in repr(app.config["NOTES"])
 
 
 def documented_variables(text, pattern):

@@ -2,11 +2,14 @@
 whatever clients send, failures counted with their status, and a real Prometheus in Compose scraping web."""
 
 import concurrent.futures
+import threading
+import time
 import urllib.error
 import urllib.request
 import uuid
 
 import containers
+import psycopg
 import pytest
 import requests
 from conftest import free_port, gunicorn_server, migrate_from_source, scrape, wait_until
@@ -98,6 +101,46 @@ def test_the_pool_reports_its_connections_and_the_build_its_origin(server):
                            and value(s, "db_pool_connections_in_use") == 0, "the pool sampled at rest")
     assert value(samples, "db_pool_requests_waiting") == 0
     assert value(samples, "app_build_info", variant="source") == 1  # run from the source tree, not an image
+
+
+def test_the_time_counted_per_request_is_within_what_the_client_waited(server):
+    before = value(scrape(server["metrics"]), "http_request_duration_seconds_sum", route="/")
+    started = time.monotonic()
+    assert [get(server["url"] + "/") for _ in range(20)] == [200] * 20
+    waited = time.monotonic() - started
+    counted = value(scrape(server["metrics"]), "http_request_duration_seconds_sum", route="/") - before
+    # The server's time for a request lies within the client's wait for its answer.
+    assert 0 < counted <= waited
+
+
+def test_the_pool_reports_the_connections_in_use_and_no_failed_connection(app_environment, postgres, database_url,
+                                                                          tmp_path):
+    """One worker, so that its pool is the only one reported, keeping three connections or more open (it may grow as
+    it opens): one in use of three or more is a figure that only open minus idle gives."""
+    environment = {**app_environment, "WEB_CONCURRENCY": "1", "DATABASE_POOL_MIN_SIZE": "3"}
+    with gunicorn_server(environment, tmp_path) as served, \
+            psycopg.connect(database_url, password=postgres.password, autocommit=True) as holder, \
+            concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        assert get(served["url"] + "/readyz") == 200
+        at_rest = scrape_until(served["metrics"], lambda s: value(s, "db_pool_connections") >= 3
+                               and value(s, "db_pool_connections_in_use") == 0, "the pool sampled at rest")
+        assert value(at_rest, "db_pool_errors_total", kind="connect") == 0
+        done = threading.Event()
+
+        def one_request_at_a_time():
+            while not done.is_set():
+                get(served["url"] + "/api/notes")
+
+        with holder.transaction():
+            # Each request waits on this lock, holding its connection until its statement times out.
+            holder.execute("LOCK TABLE notes IN ACCESS EXCLUSIVE MODE")
+            looping = pool.submit(one_request_at_a_time)
+            try:
+                scrape_until(served["metrics"], lambda s: value(s, "db_pool_connections") >= 3
+                             and value(s, "db_pool_connections_in_use") == 1, "one of three connections in use")
+            finally:
+                done.set()
+                looping.result()
 
 
 @pytest.mark.slow  # a real outage, waited out
