@@ -234,8 +234,8 @@ class Worker(GeventWorker):
 
     def init_process(self):
         # Once per worker, after the fork: the master keeps gunicorn's own classes, so a reload forks workers from
-        # an unchanged master. gunicorn reads these two names at call time; written for gunicorn 27.0
-        # (tests/test_serving.py fails on another version, so an upgrade checks them again).
+        # an unchanged master. gunicorn reads these two names at call time; checked against gunicorn 27.0.1
+        # (test_serving_is_checked_against_the_gunicorn_version_pinned fails on another, so an upgrade checks again).
         wsgi.Response = Response
         util.write_error = write_json_error
         for logger in (self.log.error_log, self.log.access_log, logging.getLogger()):
