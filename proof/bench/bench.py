@@ -71,7 +71,7 @@ class Variant:
         return bool(self.environment or self.config)
 
 
-SERVICE_FILES = (".dockerignore", "app.py", "gunicorn.conf.py", "requirements.txt")
+SERVICE_FILES = (".dockerignore", "app.py", "gunicorn.conf.py", "serving.py", "requirements.txt")
 THREADS = 4  # gthread's threads per worker: as many as the pool's connections (app.py's default), so none waits
 # sync and gthread with two workers, as the service ran before gevent: one worker per core would leave a core idle
 # whenever its worker waits on the database.

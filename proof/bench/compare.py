@@ -41,7 +41,7 @@ def inspect(image, template):
 def build_times(dockerfile):
     with tempfile.TemporaryDirectory() as scratch:
         context = Path(scratch)
-        for name in (".dockerignore", dockerfile, "app.py", "gunicorn.conf.py", "requirements.txt"):
+        for name in (".dockerignore", dockerfile, "app.py", "gunicorn.conf.py", "serving.py", "requirements.txt"):
             shutil.copy(ROOT / name, context / name)
         tag = f"{IMAGE}-compare:scratch"
         times = cold_and_rebuild(context, dockerfile, tag)
