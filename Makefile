@@ -45,7 +45,7 @@ test: venv ## run every test: the app against a real Postgres, the images, Compo
 	$(PYTEST) tests $(wildcard proof/tests)
 
 check: venv ## the fast checks, under a minute: no image build, no Compose stack, no cluster
-	$(PYTEST) tests -m "not docker and not slow and not kind and not nested" -q
+	$(PYTEST) tests -m "not docker and not slow and not cluster and not nested" -q
 
 # The images as make uses them here (upstream, a mirror's, or .ci/'s stand-ins), one NAME=reference a line:
 # tests/project.py reads them, so a test file run alone with pytest uses what `make test` would.

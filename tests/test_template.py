@@ -12,7 +12,7 @@ from containers import learner_environment
 from project import ROOT, copy_repository, make_values
 
 # The fast checks, as `make check` selects them: no image build, no Compose stack, no cluster, no nested pytest.
-FAST = "not docker and not slow and not kind and not nested"
+FAST = "not docker and not slow and not cluster and not nested"
 
 
 def safe_to_delete(readme):

@@ -1,20 +1,26 @@
-"""k8s/README.md's steps on a real cluster, kind, and what only a cluster can show.
+"""k8s/README.md's steps on a real cluster, and what only a real cluster shows.
 
-The live tests (marked `kind`) run against the kind cluster that KIND_CLUSTER names, which must be kubectl's current
-context, with the images `make build` tags: they run the README's steps as written (load both images, apply the
-slim overlay, wait for db and web), then check: a note written and read back through a port-forward; web reaches
-the database and pods elsewhere cannot; only the monitoring namespace reaches the metrics port; a `rollout restart`
-under load fails no request; a database outage leaves web in its Service answering 503 JSON; deleting the database
-pod loses no note; applying again after a ConfigMap change, and then the distroless overlay, succeeds. They change
-the cluster they run on, so they skip, saying so, unless KIND_CLUSTER is set. .github/workflows/kubernetes.yml runs
-them on every Kubernetes version in tests/project.py.
+The live tests (marked `cluster`) deploy into the cluster of the kubectl context CLUSTER_CONTEXT names, which must be
+kubectl's current context, with the images `make build` tags: kind's (`kind-<name>`), or the one .ci/cluster/ builds
+from Go modules on machines that reach no registry. They run the README's steps as written (load both images,
+apply the slim overlay, wait for db and web); where CLUSTER_LOAD is set, it loads the images in place of the
+README's kind steps (`CLUSTER_LOAD="bash .ci/cluster/load"`: it takes `IMAGE[=NAME]...`). Then they check: every
+overlay and component passes the API server's own admission; a note written and read back through a port-forward;
+web reaches the database and pods elsewhere cannot; only the monitoring namespace reaches the metrics port; a
+`rollout restart` under load fails no request; a drain takes web's pods one at a time; a database outage leaves web
+in its Service answering 503 JSON; deleting the database pod loses no note; the backup CronJob's archive restores
+the notes; applying again after a ConfigMap change, and then the distroless overlay, succeeds. They change the
+cluster they run on, so they skip, saying so, unless CLUSTER_CONTEXT is set. .github/workflows/kubernetes.yml runs
+them on kind for every Kubernetes version in tests/project.py, `bash .ci/run` on .ci/cluster/'s.
 
 The offline tests below them check that workflow and the README's kind version.
 """
 
+import copy
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import uuid
@@ -24,9 +30,14 @@ import pytest
 import requests
 import yaml
 from conftest import REPOSITORY, wait_until
-from project import DEFAULT_VARIANT, IMAGE, KUBERNETES_VERSIONS, NAMESPACE, VARIANTS
+from project import DEFAULT_VARIANT, IMAGE, KUBERNETES_VERSIONS, NAMESPACE, VARIANTS, make_default, make_values
+from renderings import COMPONENTS, render
 
-CLUSTER = os.environ.get("KIND_CLUSTER")
+import backup
+
+CONTEXT = os.environ.get("CLUSTER_CONTEXT")
+# A command that copies images from the Docker engine into the cluster's node, given IMAGE[=NAME_IN_THE_CLUSTER]...
+LOADER = os.environ.get("CLUSTER_LOAD")
 README = REPOSITORY / "k8s" / "README.md"
 WORKFLOW = REPOSITORY / ".github" / "workflows" / "kubernetes.yml"
 # No NetworkPolicy here: clients that are not web, as another team's pods would be.
@@ -35,11 +46,13 @@ MONITORING = "monitoring"  # the one namespace web's NetworkPolicy admits on the
 # README steps the live tests leave out: the workflow builds and creates the cluster (with a pinned node image)
 # before them, and a port-forward runs until stopped (the tests open their own, on a free port).
 NOT_RUN = ("make build", "kind create cluster", f"kubectl -n {NAMESPACE} port-forward")
+# The README's steps that copy the images into kind's node: CLUSTER_LOAD replaces them on another cluster.
+KIND_LOAD = ("docker image save", "kind load")
 # The first kind release whose default node runs each Kubernetes minor, from that release's notes (kind v0.31.0:
 # "The default node image is now kindest/node:v1.35.0@sha256:452d707d...").
 FIRST_KIND_DEFAULTING_TO = {"1.35": (0, 31, 0)}
 
-live = pytest.mark.kind
+live = pytest.mark.cluster
 
 
 def readme_cluster_steps() -> list[str]:
@@ -55,7 +68,7 @@ def readme_cluster_steps() -> list[str]:
 
 
 def kubectl(*args: str, stdin: str | None = None, check: bool = True, timeout: int = 600):
-    result = subprocess.run(["kubectl", f"--context=kind-{CLUSTER}", *args], input=stdin, capture_output=True,
+    result = subprocess.run(["kubectl", f"--context={CONTEXT}", *args], input=stdin, capture_output=True,
                             text=True, timeout=timeout)
     if check:
         assert result.returncode == 0, f"kubectl {' '.join(args)} exited {result.returncode}: {result.stderr}"
@@ -85,7 +98,7 @@ def roll_out_web():
 @contextmanager
 def port_forward(target: str = "service/web", port: int = 8000):
     """`kubectl port-forward` on a free local port; yields the base URL."""
-    process = subprocess.Popen(["kubectl", f"--context=kind-{CLUSTER}", "-n", NAMESPACE, "port-forward", target,
+    process = subprocess.Popen(["kubectl", f"--context={CONTEXT}", "-n", NAMESPACE, "port-forward", target,
                                 f":{port}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         first_line = process.stdout.readline()
@@ -204,30 +217,52 @@ def create_note(base: str, text: str) -> dict:
 # Fixtures: the cluster, the README's steps run on it, the clients' namespaces
 
 
+def images_to_load() -> list[str]:
+    """Both variants, and each base image the manifests run (postgres) that make takes from elsewhere here (a
+    stand-in, a mirror), under the name the manifests ask for."""
+    images = [f"{IMAGE}:{variant}" for variant in VARIANTS]
+    upstream, here = make_default("POSTGRES_IMAGE"), make_values()["POSTGRES_IMAGE"]
+    return images if here == upstream else [*images, f"{here}={upstream}"]
+
+
 @pytest.fixture(scope="module")
 def cluster():
-    if not CLUSTER:
-        pytest.skip("KIND_CLUSTER is not set: these tests deploy into a kind cluster, see k8s/README.md")
-    assert shutil.which("kind") and shutil.which("kubectl"), "KIND_CLUSTER is set, but kind or kubectl is not on PATH"
-    clusters = subprocess.run(["kind", "get", "clusters"], capture_output=True, text=True, check=True).stdout.split()
-    assert CLUSTER in clusters, f"kind has no cluster {CLUSTER}: {clusters}"
+    if not CONTEXT:
+        pytest.skip("CLUSTER_CONTEXT is not set: these tests deploy into the cluster of that kubectl context "
+                    "(kind's, or .ci/cluster's), see k8s/README.md")
+    assert shutil.which("kubectl"), "CLUSTER_CONTEXT is set, but kubectl is not on PATH"
     # The README's commands use kubectl's current context: it must be this cluster, not whatever else it points at.
     context = subprocess.run(["kubectl", "config", "current-context"], capture_output=True, text=True).stdout.strip()
-    assert context == f"kind-{CLUSTER}", f"kubectl's context is {context!r}: kubectl config use-context kind-{CLUSTER}"
-    return CLUSTER
+    assert context == CONTEXT, f"kubectl's context is {context!r}: kubectl config use-context {CONTEXT}"
+    if not LOADER:
+        assert CONTEXT.startswith("kind-") and shutil.which("kind"), \
+            f"{CONTEXT} is not kind's, or kind is not on PATH: set CLUSTER_LOAD to the command that loads images"
+        name = CONTEXT.removeprefix("kind-")
+        clusters = subprocess.run(["kind", "get", "clusters"], capture_output=True, text=True, check=True).stdout
+        assert name in clusters.split(), f"kind has no cluster {name}: {clusters.split()}"
+    return CONTEXT
 
 
 @pytest.fixture(scope="module")
 def readme_run(cluster, tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
-    """Each README step, as written, in a scratch directory (the image archive lands there) that sees k8s/."""
+    """Each README step, as written, in a scratch directory (the image archive lands there) that sees k8s/; with
+    CLUSTER_LOAD, that command in place of the kind steps that load the images."""
     scratch = tmp_path_factory.mktemp("readme")
     (scratch / "k8s").symlink_to(REPOSITORY / "k8s")
+    steps = [command for command in readme_cluster_steps() if not command.startswith(NOT_RUN)]
+    loading = None
+    if LOADER:
+        first = next(i for i, command in enumerate(steps) if command.startswith(KIND_LOAD))
+        loading = " ".join([LOADER, *map(shlex.quote, images_to_load())])
+        steps = [*steps[:first], loading,
+                 *(command for command in steps[first:] if not command.startswith(KIND_LOAD))]
+    environment = {**os.environ, "KIND_CLUSTER_NAME": cluster.removeprefix("kind-")}
     done = {}
-    for command in readme_cluster_steps():
-        if command.startswith(NOT_RUN):
-            continue
-        result = subprocess.run(["bash", "-o", "pipefail", "-ec", command], cwd=scratch, capture_output=True,
-                                text=True, timeout=900, env={**os.environ, "KIND_CLUSTER_NAME": cluster})
+    for command in steps:
+        # CLUSTER_LOAD from the repository's root, as `bash .ci/cluster/load` runs.
+        where = REPOSITORY if command == loading else scratch
+        result = subprocess.run(["bash", "-o", "pipefail", "-ec", command], cwd=where, capture_output=True,
+                                text=True, timeout=900, env=environment)
         assert result.returncode == 0, f"{command}\n{result.stdout}\n{result.stderr}"
         done[command] = result
     wait_until(web_settled, timeout=120, interval=1, what="web to settle")
@@ -266,6 +301,44 @@ def test_each_web_pod_migrated_in_its_init_container_before_serving(readme_run):
     for pod in pods("web"):
         [status] = pod["status"]["initContainerStatuses"]
         assert status["state"]["terminated"]["exitCode"] == 0
+
+
+def missing_api(doc: dict) -> str | None:
+    """The group/version of `doc` when the API server serves none (a CRD not installed), else None."""
+    version = doc["apiVersion"]
+    path = f"/apis/{version}" if "/" in version else f"/api/{version}"
+    return None if kubectl("get", "--raw", path, check=False).returncode == 0 else f"{doc['kind']} ({version})"
+
+
+@live
+@pytest.mark.parametrize("overlay, added", [(variant, component) for variant in VARIANTS
+                                             for component in (None, *COMPONENTS)],
+                         ids=lambda value: value or "alone")
+def test_every_overlay_and_component_passes_the_api_servers_admission_without_a_warning(readme_run, overlay, added):
+    rendered = render(overlay, (added,) if added else ())
+    docs = [doc for doc in yaml.safe_load_all(rendered) if doc]
+    missing = sorted({api for doc in docs if (api := missing_api(doc))})
+    if missing:
+        pytest.skip(f"the cluster serves no {', '.join(missing)}: install its CRD to check {added}")
+    # The real admission chain: schemas, defaulting, Pod Security restricted (enforced on pods, warned about on the
+    # workloads that make them), and each CRD's own validation.
+    applied = kubectl("apply", "--dry-run=server", "-f", "-", stdin=rendered)
+    assert "Warning" not in applied.stderr, applied.stderr
+    assert applied.stdout.count("(server dry run)") == len(docs), applied.stdout
+
+
+@live
+def test_the_api_server_refuses_a_pod_below_the_restricted_profile_in_the_namespace(readme_run):
+    # The client pod, which passes, with one field taken away: what the namespace's label really enforces.
+    labels = json.loads(kubectl("get", "namespace", NAMESPACE, "-o", "json").stdout)["metadata"]["labels"]
+    profile = f'restricted:{labels["pod-security.kubernetes.io/enforce-version"]}'
+    allowed = kubectl("apply", "--dry-run=server", "-f", "-", stdin=json.dumps(client_pod(NAMESPACE, "fits", "")))
+    assert "Warning" not in allowed.stderr, allowed.stderr
+    pod = client_pod(NAMESPACE, "unconfined", "")
+    del pod["spec"]["securityContext"]["seccompProfile"]
+    refused = kubectl("apply", "--dry-run=server", "-f", "-", stdin=json.dumps(pod), check=False)
+    assert refused.returncode != 0 and f'violates PodSecurity "{profile}"' in refused.stderr, refused.stderr
+    assert "seccompProfile" in refused.stderr
 
 
 @live
@@ -321,6 +394,28 @@ def test_a_rollout_restart_under_load_fails_no_request(readme_run, client_namesp
 
 
 @live
+def test_a_drain_evicts_web_pods_one_at_a_time_and_web_keeps_serving(readme_run):
+    before = {pod["metadata"]["name"]: pod for pod in pods("web")}
+    assert len(before) >= 2, "the autoscaler keeps two web pods"
+    node = next(iter(before.values()))["spec"]["nodeName"]
+    try:
+        # web's pods alone: the node's other pods (db, DNS) are not what the budget is about. The evicted pod's
+        # replacement cannot start on the cordoned node, so the budget must stop the second eviction.
+        drained = kubectl("drain", node, "--pod-selector=app.kubernetes.io/name=web", "--delete-emptydir-data",
+                          "--timeout=30s", check=False)
+        left = [pod for pod in pods("web") if pod["metadata"]["name"] in before]
+        with port_forward() as base:
+            answer = requests.get(f"{base}/", timeout=10)
+    finally:
+        kubectl("uncordon", node)
+    assert drained.returncode != 0, drained.stdout
+    assert "disruption budget" in drained.stderr, drained.stderr
+    assert len(left) == len(before) - 1 and all(ready(pod) for pod in left), [p["metadata"]["name"] for p in left]
+    assert answer.status_code == 200
+    roll_out_web()
+
+
+@live
 def test_during_a_database_outage_web_stays_in_its_service_and_answers_503_json(readme_run, client_namespaces):
     kubectl("-n", NAMESPACE, "scale", "statefulset/db", "--replicas=0")
     try:
@@ -355,6 +450,63 @@ def test_deleting_the_database_pod_keeps_every_note(readme_run):
             return all(answer.status_code == 200 for answer in answers) and [answer.json() for answer in answers]
 
         assert wait_until(read_back, timeout=120, interval=1, what="the notes after the restart") == notes
+
+
+def backup_reader(name: str) -> dict:
+    """A pod that mounts the backup component's claim, as k8s/README.md says to copy an archive out of it: the
+    CronJob's own pod, sleeping instead of dumping."""
+    rendered = yaml.safe_load_all(render(DEFAULT_VARIANT, ("backup",)))
+    cronjob = next(doc for doc in rendered if doc and doc["kind"] == "CronJob")
+    spec = copy.deepcopy(cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"])
+    spec["containers"][0]["command"] = ["sleep", "600"]
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": NAMESPACE}, "spec": spec}
+
+
+def in_db(script: str, stdin: bytes) -> bytes:
+    """A shell script in db-0's postgres container, as backup.py runs one in Compose's db."""
+    result = subprocess.run(["kubectl", f"--context={CONTEXT}", "-n", NAMESPACE, "exec", "-i", "db-0", "-c",
+                             "postgres", "--", "sh", "-c", script], input=stdin, capture_output=True, timeout=120)
+    assert result.returncode == 0, result.stderr.decode()
+    return result.stdout
+
+
+@live
+def test_the_backup_cronjob_run_once_writes_an_archive_that_restores_the_notes(readme_run, tmp_path):
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": [os.path.relpath(REPOSITORY / "k8s" / "overlays" / DEFAULT_VARIANT, tmp_path)],
+        "components": [os.path.relpath(REPOSITORY / "k8s" / "components" / "backup", tmp_path)],
+    }))
+    applied = kubectl("apply", "-k", str(tmp_path))
+    assert "Warning" not in applied.stderr, applied.stderr
+    with port_forward() as base:
+        kept = create_note(base, f"in the backup {uuid.uuid4()}")
+        # k8s/README.md's command: one now, without waiting for the night.
+        job = f"db-backup-{uuid.uuid4().hex[:6]}"
+        kubectl("-n", NAMESPACE, "create", "job", "--from=cronjob/db-backup", job)
+        kubectl("-n", NAMESPACE, "wait", "--for=condition=Complete", f"job/{job}", "--timeout=180s")
+        line = kubectl("-n", NAMESPACE, "logs", f"job/{job}").stdout.strip().splitlines()[-1]
+        archive = re.fullmatch(r"(/backups/notes-\d{8}T\d{6}Z\.dump): \d+ bytes, (\d+) notes", line)
+        assert archive and int(archive[2]) >= 1, line
+        later = create_note(base, f"written after the backup {uuid.uuid4()}")
+    reader = f"backup-reader-{uuid.uuid4().hex[:6]}"
+    kubectl("apply", "-f", "-", stdin=json.dumps(backup_reader(reader)))
+    try:
+        kubectl("-n", NAMESPACE, "wait", "--for=condition=Ready", f"pod/{reader}", "--timeout=120s")
+        dump = subprocess.run(["kubectl", f"--context={CONTEXT}", "-n", NAMESPACE, "exec", reader, "--", "cat",
+                               archive[1]], capture_output=True, timeout=60, check=True).stdout
+    finally:
+        kubectl("-n", NAMESPACE, "delete", "pod", reader, "--wait=false", check=False)
+    # backup.py's restore, step by step, into db-0: the archive read back in full, the schema replaced in one
+    # transaction, then migrate, which each new web pod runs first.
+    script = in_db(backup.PG_RESTORE_SCRIPT, dump)
+    assert len(backup.NOTES_COPY.search(script.decode())[1].splitlines()) == int(archive[2])
+    in_db(backup.PSQL, backup.RESET_SCHEMA.encode() + script)
+    kubectl("-n", NAMESPACE, "rollout", "restart", "deployment/web")
+    roll_out_web()
+    with port_forward() as base:
+        assert requests.get(f"{base}/api/notes/{kept['id']}", timeout=10).json() == kept
+        assert requests.get(f"{base}/api/notes/{later['id']}", timeout=10).status_code == 404
 
 
 @live
