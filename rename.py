@@ -44,7 +44,7 @@ def replacements(image, project, name):
         # -n, a Service's DNS name, kind's cluster.
         (re.compile(rf"^(name: |\s*namespace: |  name: ){re.escape(project)}$", re.M), rf"\g<1>{name}"),
         (re.compile(rf"(app\.kubernetes\.io/part-of[:=] ?|kubectl -n |kubectl label namespace |cluster_name: |"
-                    rf"KIND_CLUSTER: |admit routes from `){re.escape(project)}(?![\w-])"), rf"\g<1>{name}"),
+                    rf"CLUSTER_CONTEXT: kind-|admit routes from `){re.escape(project)}(?![\w-])"), rf"\g<1>{name}"),
         (re.compile(rf"(?<=\.){re.escape(project)}(?=\.svc\b)"), name),
     ]
 

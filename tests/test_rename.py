@@ -64,8 +64,8 @@ def test_rename_refuses_a_name_docker_or_kubernetes_would_refuse_naming_an_examp
 
 @pytest.mark.nested
 def test_the_readmes_template_rename_keeps_the_fast_checks_green(renamed):
-    # The instruments' agreement checks and pod-spec translation too, while proof/ is there, as `make test` runs them.
-    instruments = [f"proof/tests/{name}" for name in ("test_project.py", "test_k8s_docker.py")
+    # The instruments' agreement and manifest checks too, while proof/ is there, as `make test` runs them.
+    instruments = [f"proof/tests/{name}" for name in ("test_project.py", "test_k8s_policies.py")
                    if (renamed / "proof").is_dir()]
     fast = [
         # Everything about the manifests but running them, and the places that must agree.

@@ -33,7 +33,8 @@ fail() { echo "$(basename "$0"): $*" >&2; exit 1; }
 wait_for() {  # name seconds command...: until command succeeds while process `name` runs, or fail naming it
   local name=$1 deadline=$((SECONDS + $2)); shift 2
   until "$@" >/dev/null 2>&1; do
-    running "$name" && [ $SECONDS -lt $deadline ] || fail "$name failed to start (see $state/$name.log)"
+    running "$name" && [ $SECONDS -lt $deadline ] ||
+      fail "$name failed to start: $(tail -n 1 "$state/$name.log" | cut -c1-200) (see $state/$name.log)"
     sleep 1
   done
 }

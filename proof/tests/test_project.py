@@ -21,6 +21,7 @@ from project import (
     DEFAULT_VARIANT,
     GRACEFUL_TIMEOUT,
     IMAGE,
+    KUBERNETES_VERSIONS,
     KEEPALIVE_SECONDS,
     MIGRATE,
     VARIANTS,
@@ -261,3 +262,8 @@ def test_the_renovate_config_follows_renovates_published_schema_and_ci_checks_it
     assert result.returncode == 0, result.stdout + result.stderr
     lint = " ".join(step.get("run", "") for step in WORKFLOW["jobs"]["lint"]["steps"])
     assert "--builtin-schema vendor.renovate .github/renovate.json" in lint
+
+
+def test_the_ci_cluster_runs_the_oldest_kubernetes_the_manifests_support():
+    pinned = re.search(r"^KUBERNETES_VERSION=v(\d+\.\d+)\.\d+$", (REPOSITORY / ".ci/cluster/versions.sh").read_text(), re.M)
+    assert pinned and pinned[1] == KUBERNETES_VERSIONS[0]
