@@ -21,8 +21,8 @@ from project import (
     DEFAULT_VARIANT,
     GRACEFUL_TIMEOUT,
     IMAGE,
-    KUBERNETES_VERSIONS,
     KEEPALIVE_SECONDS,
+    KUBERNETES_VERSIONS,
     MIGRATE,
     VARIANTS,
     base_variable,
@@ -265,5 +265,6 @@ def test_the_renovate_config_follows_renovates_published_schema_and_ci_checks_it
 
 
 def test_the_ci_cluster_runs_the_oldest_kubernetes_the_manifests_support():
-    pinned = re.search(r"^KUBERNETES_VERSION=v(\d+\.\d+)\.\d+$", (REPOSITORY / ".ci/cluster/versions.sh").read_text(), re.M)
+    versions = (REPOSITORY / ".ci" / "cluster" / "versions.sh").read_text()
+    pinned = re.search(r"^KUBERNETES_VERSION=v(\d+\.\d+)\.\d+$", versions, re.M)
     assert pinned and pinned[1] == KUBERNETES_VERSIONS[0]
