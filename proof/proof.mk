@@ -60,9 +60,12 @@ $(VENV)/mutate/.installed: proof/mutate/requirements-mutate.txt tests/requiremen
 	  -r proof/mutate/requirements-mutate.txt
 	touch $@
 
-.PHONY: mutate mutate-report
+.PHONY: mutate mutate-report mutate-survivors
 mutate: $(VENV)/mutate/.installed ## mutation-test the serving code against its tests, 2 mutants at once; writes docs/mutation.md
 	$(MUTATE)
 
 mutate-report: $(VENV)/mutate/.installed ## rewrite docs/mutation.md from the last make mutate, after judging its survivors
 	$(MUTATE) --report-only
+
+mutate-survivors: $(VENV)/mutate/.installed ## after adding tests for the gaps: test the last run's survivors again, only them
+	$(MUTATE) --survivors

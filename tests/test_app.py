@@ -605,6 +605,7 @@ def assert_one_line_naming(result, variable):
         ({"DATABASE_POOL_MIN_SIZE": "-1"}, "DATABASE_POOL_MIN_SIZE"),
         ({"DATABASE_POOL_MIN_SIZE": "two"}, "DATABASE_POOL_MIN_SIZE"),
         ({"DATABASE_POOL_MAX_SIZE": "0"}, "DATABASE_POOL_MAX_SIZE"),
+        ({"DATABASE_POOL_MIN_SIZE": "0", "DATABASE_POOL_MAX_SIZE": "0"}, "DATABASE_POOL_MAX_SIZE"),  # a pool of none
         ({"DATABASE_POOL_MIN_SIZE": "5", "DATABASE_POOL_MAX_SIZE": "2"}, "DATABASE_POOL_MAX_SIZE"),
         ({"DATABASE_POOL_MIN_SIZE": "5"}, "DATABASE_POOL_MAX_SIZE"),  # over the default maximum, 4
     ],
@@ -622,11 +623,11 @@ def test_configuration_at_the_edge_of_its_range_or_in_lower_case_is_accepted(app
     assert result.returncode == 0, result.stderr
 
 
-@pytest.mark.parametrize("content", [None, "\n"], ids=["missing", "empty"])
+@pytest.mark.parametrize("content", [None, b"\n", b"caf\xe9\n"], ids=["missing", "empty", "latin-1"])
 def test_unusable_password_file_exits_with_one_line_naming_it(app_environment, tmp_path, content):
     path = tmp_path / "database_password"
     if content is not None:
-        path.write_text(content)
+        path.write_bytes(content)
     result = run_with_configuration(app_environment, DATABASE_PASSWORD=None, DATABASE_PASSWORD_FILE=str(path))
     assert_one_line_naming(result, "DATABASE_PASSWORD_FILE")
 

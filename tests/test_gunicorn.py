@@ -75,6 +75,25 @@ def test_gunicorn_writes_one_json_access_line_per_request(gunicorn):
     assert RFC3339_UTC.match(entry["time"])
 
 
+def test_the_access_lines_duration_is_the_whole_request_in_milliseconds_its_body_too(gunicorn):
+    body = json.dumps({"text": "sent half a second after its headers"}).encode()
+    host, port = gunicorn["url"].removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as client:
+        started = time.monotonic()
+        client.sendall(b"POST /api/notes HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+                       b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body))
+        time.sleep(0.5)
+        client.sendall(body)
+        answer = b""
+        while data := client.recv(65536):
+            answer += data
+        elapsed_ms = (time.monotonic() - started) * 1000
+    assert answer.startswith(b"HTTP/1.1 201 "), answer
+    request_id = re.search(rb"X-Request-ID: (\w+)", answer)[1].decode()
+    entry = wait_until(lambda: access_log_entry(gunicorn, request_id), timeout=10)
+    assert 500 <= entry["duration_ms"] <= elapsed_ms, (entry, elapsed_ms)
+
+
 def test_gunicorn_logs_a_passing_health_probe_or_scrape_only_when_it_fails(gunicorn):
     probes = [http("GET", gunicorn["url"] + path)[1]["X-Request-ID"] for path in ("/healthz", "/readyz")]
     assert http("GET", gunicorn["metrics"])[0] == 200
@@ -93,6 +112,16 @@ def test_every_line_gunicorn_writes_is_json_its_own_start_up_lines_too(gunicorn)
     started = [entry for entry in entries if entry["message"].startswith("Starting gunicorn")]
     assert [entry["logger"] for entry in started] == ["gunicorn.error"]
     assert all(RFC3339_UTC.match(entry["time"]) and entry["level"] for entry in entries)
+
+
+def test_each_worker_writes_its_last_line_as_it_stops(app_environment, tmp_path):
+    with gunicorn_server(app_environment, tmp_path) as server:
+        assert http("GET", server["url"] + "/")[0] == 200
+    # Written after the worker's log queue has closed: the worker must write it itself, or it is lost.
+    entries = [json.loads(line) for line in server["stderr"].read_text().splitlines()]
+    booted = [entry for entry in entries if entry["message"].startswith("Booting worker with pid")]
+    exited = [entry for entry in entries if entry["message"].startswith("Worker exiting")]
+    assert booted and len(exited) == len(booted), entries
 
 
 @pytest.mark.parametrize("path", ["/", "/api/notes", "/api/notes/999999999"])

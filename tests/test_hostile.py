@@ -184,6 +184,10 @@ def test_a_malformed_content_length_answers_400_json_closes_and_logs_its_request
     wait_until(lambda: request_id in logs_since(server, mark), timeout=10, what=f"a log line naming {request_id}")
     written = logs_since(server, mark)
     assert "Traceback" not in written and "KeyError" not in written, written
+    # gunicorn answered it itself, before the app: its access line still names the request's method and path.
+    [entry] = [entry for line in written.splitlines() if request_id in line
+               and (entry := json.loads(line))["logger"] == "gunicorn.access"]
+    assert (entry["method"], entry["path"], entry["status"]) == ("GET", "/", 400), entry
 
 
 @pytest.mark.parametrize("coding", [b"xchunked", b"gzip, chunked", b"chunked;q=1"])
@@ -212,7 +216,7 @@ def test_a_chunked_body_over_64_kib_answers_413_and_stores_nothing(server, postg
     body = json.dumps({"text": text}).encode().ljust(100_025)  # spaces after JSON are still valid JSON
     status, headers, answer = exchange(server["url"], post_note_chunked(chunked(body)))
     assert status == 413, answer
-    json_error(headers, answer)
+    assert json_error(headers, answer)["message"] == "the request body is over 64 KiB"
     with connect(postgres, database_url) as conn:
         assert conn.execute("SELECT count(*) FROM notes WHERE text = %s", (text,)).fetchone()[0] == 0
 
@@ -270,6 +274,19 @@ def test_a_database_outage_warning_is_written_as_json_on_stdout(unreachable):
 
     [entry] = wait_until(warning, timeout=10, what=f"a JSON warning naming {request_id} on stdout")
     assert "database unavailable" in entry["message"]
+
+
+def test_a_failing_readiness_probe_is_logged_though_a_passing_one_is_not(unreachable):
+    answer = requests.get(f"{unreachable['url']}/readyz", timeout=10)
+    assert answer.status_code == 503
+    request_id = answer.headers["X-Request-ID"]
+
+    def access_line():
+        return [entry for entry in json_lines(unreachable["stdout"])
+                if entry.get("request_id") == request_id and entry.get("logger") == "gunicorn.access"]
+
+    [entry] = wait_until(access_line, timeout=10, what=f"an access line naming {request_id}")
+    assert (entry["path"], entry["status"]) == ("/readyz", 503)
 
 
 # ---------------------------------------------------------------------------------------------- operators

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 # Minutes each, and they test the images, Compose or a cluster, not the code under mutation.
-LEFT_OUT_MARKERS = ("slow", "kind", "nested")
+LEFT_OUT_MARKERS = ("slow", "cluster", "nested")
 LEFT_OUT_FIXTURES = ("images",)
 
 _folder = Path(os.environ["MUTATE_COVERAGE"]) if os.environ.get("MUTATE_COVERAGE") else None
