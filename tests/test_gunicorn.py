@@ -2,12 +2,15 @@
 database: the greeting, the password file, the JSON access log, configuration errors, and the header and body
 deadlines that keep slow clients from holding a worker."""
 
+import ctypes
 import json
+import os
 import re
 import socket
 import subprocess
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 from conftest import GUNICORN, REPOSITORY, RFC3339_UTC, free_port, gunicorn_server, wait_until
@@ -225,3 +228,44 @@ def test_serving_is_checked_against_the_gunicorn_version_pinned():
     use them differently. Read the new version's source for those four, then change the version here."""
     pinned = re.search(r"^gunicorn==(\S+) ", (REPOSITORY / "requirements.txt").read_text(), re.M)[1]
     assert pinned == "27.0.1"
+
+
+# ---------------------------------------------------------------------------------------------- its connections
+
+
+def database_sockets(pid, port):
+    """The worker `pid`'s TCP sockets to 127.0.0.1:`port`, each as a copy it shares with this process: the very
+    sockets the kernel holds for the worker, read with pidfd_getfd(2), which Python's os module lacks."""
+    inodes = set()
+    for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[2].split(":")[1], 16) == port and fields[3] == "01":  # remote port, ESTABLISHED
+            inodes.add(fields[9])
+    syscall = ctypes.CDLL(None, use_errno=True).syscall
+    pidfd = os.pidfd_open(pid)
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            if os.readlink(f"/proc/{pid}/fd/{fd}").removeprefix("socket:[").removesuffix("]") in inodes:
+                copied = syscall(438, pidfd, int(fd), 0)  # SYS_pidfd_getfd on x86-64 and arm64 alike
+                assert copied >= 0, os.strerror(ctypes.get_errno())
+                yield socket.socket(fileno=copied)
+    finally:
+        os.close(pidfd)
+
+
+def test_the_pools_connections_notice_a_vanished_database_within_seconds(gunicorn, postgres):
+    # The database's published port, as the worker dialled it.
+    port = int(postgres.get_exposed_port(5432))
+    assert http("GET", gunicorn["url"] + "/api/notes")[0] == 200
+    workers = Path(f"/proc/{gunicorn['pid']}/task/{gunicorn['pid']}/children").read_text().split()
+    found = [sock for pid in workers for sock in database_sockets(int(pid), port)]
+    assert found, "no worker holds a connection to the database"
+    for sock in found:
+        with sock:
+            # What the kernel does for each connection: probe an idle one after 10 s, every 2 s, 3 times; give up
+            # on unanswered data after 10 s (app.py's comment is the contract).
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 10
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == 2
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 3
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 10_000
