@@ -471,6 +471,14 @@ def test_two_concurrent_migrate_runs_queue_on_the_lock_and_both_succeed(
     assert schema_versions(postgres, fresh_database_url) == list(range(1, len(app_module.MIGRATIONS) + 1))
 
 
+def test_migrates_help_says_how_long_it_waits_by_default(app_environment):
+    helped = flask_cli(app_environment, "migrate", "--help")
+    assert helped.returncode == 0, helped.stderr
+    # README: Compose and Kubernetes run migrate without --wait, so its default is what they get.
+    assert re.search(r"--wait INTEGER RANGE\s+Seconds to keep trying while the database is\s+unreachable\.\s+"
+                     r"\[default: 30; x>=0\]", helped.stdout), helped.stdout
+
+
 def test_migrate_refuses_a_negative_wait_with_a_usage_error_and_accepts_none(app_environment):
     refused = flask_cli(app_environment, "migrate", "--wait", "-1")
     assert refused.returncode == 2  # click's usage error, before anything is tried
