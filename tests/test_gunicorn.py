@@ -8,6 +8,7 @@ import os
 import re
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -220,6 +221,15 @@ def test_requests_gunicorn_refuses_before_the_app_get_the_apps_json_error_shape(
     assert headers["Content-Type"] == "application/json" and headers["X-Content-Type-Options"] == "nosniff"
     error = json.loads(body)["error"]
     assert error["code"] == code and error["message"] and error["request_id"] == headers["X-Request-ID"]
+    # gunicorn's own words on what was wrong, not the status line's reason again.
+    assert error["message"].lower() != code.replace("_", " "), error
+
+
+def test_importing_the_serving_module_starts_nothing(app_environment):
+    # gunicorn.conf.py imports it: only `python -m serving` may start a server.
+    imported = subprocess.run([sys.executable, "-c", "import serving; print('imported')"], env=app_environment,
+                              cwd=REPOSITORY, capture_output=True, text=True, timeout=60)
+    assert (imported.returncode, imported.stdout) == (0, "imported\n"), imported.stderr
 
 
 def test_serving_is_checked_against_the_gunicorn_version_pinned():

@@ -171,10 +171,12 @@ def own_database(app_environment, postgres, database_url):
 # ---------------------------------------------------------------------------------------------- malformed requests
 
 
+@pytest.mark.parametrize("path", ["/", "/healthz"])  # a probe's path, logged too once it fails
 @pytest.mark.parametrize("lengths", [[b"abc"], [b"1", b"2"]], ids=["not-a-number", "two-different"])
-def test_a_malformed_content_length_answers_400_json_closes_and_logs_its_request_id(server, lengths):
+def test_a_malformed_content_length_answers_400_json_closes_and_logs_its_request_id(server, lengths, path):
     mark = log_mark(server)
-    request = b"GET / HTTP/1.1\r\nHost: x\r\n" + b"".join(b"Content-Length: %s\r\n" % n for n in lengths) + b"\r\n"
+    request = (b"GET %s HTTP/1.1\r\nHost: x\r\n" % path.encode()
+               + b"".join(b"Content-Length: %s\r\n" % n for n in lengths) + b"\r\n")
     status, headers, body = exchange(server["url"], request)
     assert status == 400, body
     assert json_error(headers, body)["code"] == "bad_request"
@@ -187,7 +189,7 @@ def test_a_malformed_content_length_answers_400_json_closes_and_logs_its_request
     # gunicorn answered it itself, before the app: its access line still names the request's method and path.
     [entry] = [entry for line in written.splitlines() if request_id in line
                and (entry := json.loads(line))["logger"] == "gunicorn.access"]
-    assert (entry["method"], entry["path"], entry["status"]) == ("GET", "/", 400), entry
+    assert (entry["method"], entry["path"], entry["status"]) == ("GET", path, 400), entry
 
 
 @pytest.mark.parametrize("coding", [b"xchunked", b"gzip, chunked", b"chunked;q=1"])

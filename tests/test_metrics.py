@@ -89,7 +89,9 @@ def test_a_thousand_unknown_paths_and_methods_add_no_series(server):
 def test_metrics_are_served_on_their_own_port_and_not_on_the_public_one(server):
     public = requests.get(server["url"] + "/metrics", timeout=10)
     assert public.status_code == 404 and public.json()["error"]["code"] == "not_found"
-    assert requests.get(server["metrics"].removesuffix("/metrics") + "/api/notes", timeout=10).status_code == 404
+    # Only /metrics itself: paths that sort before or after it, and below it, are not found.
+    for path in ("/api/notes", "/status", "/metrics/extra"):
+        assert requests.get(server["metrics"].removesuffix("/metrics") + path, timeout=10).status_code == 404, path
     scraped = requests.get(server["metrics"], timeout=10)
     assert scraped.status_code == 200 and scraped.headers["Content-Type"].startswith("text/plain")
 
