@@ -9,13 +9,15 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import GUNICORN, REPOSITORY, RFC3339_UTC, free_port, gunicorn_server, wait_until
+from conftest import GUNICORN, REPOSITORY, RFC3339_UTC, free_port, gunicorn_server, metric_value, scrape, wait_until
 from project import BODY_TIMEOUT_SECONDS, KEEPALIVE_SECONDS
+from waits import answers
 
 # ---------------------------------------------------------------------------------------------- gunicorn
 
@@ -238,6 +240,46 @@ def test_serving_is_checked_against_the_gunicorn_version_pinned():
     use them differently. Read the new version's source for those four, then change the version here."""
     pinned = re.search(r"^gunicorn==(\S+) ", (REPOSITORY / "requirements.txt").read_text(), re.M)[1]
     assert pinned == "27.0.1"
+
+
+def pipelined_greetings(url, count):
+    """`count` GET / sent back to back on one connection, their answers read as they come: the status codes."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as client:
+        sender = threading.Thread(target=client.sendall, args=(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * count,))
+        sender.start()
+        answers, pending = [], b""
+        while len(answers) < count:
+            data = client.recv(1 << 20)
+            assert data, f"closed after {len(answers)} answers"
+            pending += data
+            while (end := pending.find(b"\r\n\r\n")) >= 0:
+                head = pending[:end].decode("latin-1")
+                length = int(re.search(r"(?im)^content-length: *(\d+)", head)[1])
+                if len(pending) < end + 4 + length:
+                    break
+                answers.append(int(head.split()[1]))
+                pending = pending[end + 4 + length:]
+        sender.join()
+    return answers
+
+
+def test_a_log_reader_that_stops_reading_costs_log_lines_counted_never_answers(app_environment, tmp_path):
+    environment = {**app_environment, "WEB_CONCURRENCY": "1", "PORT": str(free_port()),
+                   "METRICS_PORT": str(free_port()), "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    # stdout is a pipe this test never reads: once its 64 KiB are full, every write to it would block.
+    process = subprocess.Popen(GUNICORN, env=environment, cwd=REPOSITORY, stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{environment['PORT']}"
+        wait_until(answers(url + "/healthz"), timeout=30)
+        # More access lines than the worker's queue holds (10,000, serving.py) and the pipe's buffer together.
+        assert set(pipelined_greetings(url, 12_000)) == {200}
+        samples = scrape(f"http://127.0.0.1:{environment['METRICS_PORT']}/metrics")
+        assert metric_value(samples, "log_lines_dropped_total") >= 1_000
+    finally:
+        process.kill()
+        process.wait(timeout=30)
 
 
 # ---------------------------------------------------------------------------------------------- its connections
