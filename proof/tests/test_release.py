@@ -51,6 +51,39 @@ def release(tmp_path_factory):
         subprocess.run(["bash", str(ROOT / ".ci" / "registry" / "down")], env=env, capture_output=True)
 
 
+def registry_script(name, state):
+    return subprocess.run(["bash", str(ROOT / ".ci" / "registry" / name)], capture_output=True, text=True,
+                          timeout=3600, env={**os.environ, "NOTES_REGISTRY_STATE": str(state)})
+
+
+def test_the_registry_starts_once_on_loopback_and_down_stops_it_and_removes_its_blobs(tmp_path):
+    if not shutil.which("go"):
+        pytest.skip("no Go toolchain on PATH: .ci/release/build builds crane with it")
+    state = tmp_path / "state"
+    try:
+        first, second = registry_script("up", state), registry_script("up", state)
+        assert first.returncode == second.returncode == 0, first.stderr + second.stderr
+        assert first.stdout.splitlines()[-1] == second.stdout.splitlines()[-1]  # the same registry, reused
+        port = re.fullmatch(r"REGISTRY=127\.0\.0\.1:(\d+)", first.stdout.splitlines()[-1])[1]
+        pid = int((state / "registry.pid").read_text())
+        listening = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True).stdout
+        assert listening.split()[3] == f"127.0.0.1:{port}"
+    finally:
+        down = registry_script("down", state)
+    assert down.returncode == 0, down.stderr
+    assert not state.exists()
+    assert not Path(f"/proc/{pid}").exists()
+
+
+def test_up_names_the_failing_step_on_one_line(tmp_path):
+    if not shutil.which("go"):
+        pytest.skip("no Go toolchain on PATH: .ci/release/build builds crane with it")
+    (tmp_path / "file").write_text("")
+    up = registry_script("up", tmp_path / "file" / "state")  # a folder that cannot be created
+    assert up.returncode != 0
+    assert up.stderr.strip().splitlines() == [f"up: cannot create {tmp_path}/file/state"], up.stderr
+
+
 def verify(reference, key=OUT / "cosign.pub", env=None):
     """cosign verify as the release runs it: offline, the key the only thing trusted."""
     return subprocess.run([tool("cosign"), "verify", "--key", str(key), "--trusted-root",
