@@ -12,6 +12,8 @@ import re
 import shutil
 import subprocess
 import tarfile
+import time
+import urllib.request
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -140,6 +142,38 @@ def test_a_tag_moved_to_another_image_fails_verification_while_the_signed_digest
     finally:
         subprocess.run([crane, "tag", ref, variant], capture_output=True, check=True)
     assert verify(tag).returncode == 0
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_the_signed_digest_deploys_pulled_by_digest_and_is_the_built_image(release, variant):
+    """Verify, then deploy by digest: the engine pulls the reference the release printed (127.0.0.0/8 is an insecure
+    registry to Docker by default) and runs it; its image is the one `make build` tagged."""
+    ref = release["refs"][variant]
+    assert verify(ref).returncode == 0
+    name = f"release-deploy-{variant}-{os.getpid()}"
+    try:
+        subprocess.run(["docker", "pull", "--quiet", ref], capture_output=True, text=True, check=True, timeout=300)
+        subprocess.run(["docker", "run", "--detach", "--name", name, "--publish", "127.0.0.1::8000", ref],
+                       capture_output=True, text=True, check=True)
+        port = subprocess.run(["docker", "port", name, "8000"], capture_output=True, text=True,
+                              check=True).stdout.split(":")[-1].strip()
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as answer:
+                    assert answer.status == 200
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "the deployed image did not answer /healthz within 60 s"
+                time.sleep(0.5)
+        running = subprocess.run(["docker", "container", "inspect", "--format", "{{.Image}}", name],
+                                 capture_output=True, text=True, check=True).stdout.strip()
+        built = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", f"{RELEASE_IMAGE}:{variant}"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+        assert running == built
+    finally:
+        subprocess.run(["docker", "rm", "--force", name], capture_output=True)
+        subprocess.run(["docker", "image", "rm", ref], capture_output=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------
