@@ -6,6 +6,7 @@ The release runs once per module, on images of its own (RELEASE_IMAGE, default r
 the images the other tests build; its registry's state is a folder of the module's, removed at the end.
 """
 
+import base64
 import json
 import os
 import re
@@ -250,6 +251,19 @@ def test_the_distroless_sbom_lists_every_debian_package_of_its_dpkg_status(relea
             debs[unquote(found[1])] = unquote(found[2])
     missing = {name: version for name, version in installed.items() if debs.get(name) != version}
     assert missing == {}, f"in status.d but not in the SBOM at that version: {missing}"
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_the_sbom_is_attested_to_the_signed_digest(release, variant):
+    ref = release["refs"][variant]
+    verified = subprocess.run([tool("cosign"), "verify-attestation", "--key", str(OUT / "cosign.pub"), "--type",
+                               "spdxjson", "--trusted-root", str(OUT / "trusted_root.json"),
+                               "--insecure-ignore-tlog=true", ref], capture_output=True, text=True)
+    assert verified.returncode == 0, verified.stderr
+    [envelope] = [json.loads(line) for line in verified.stdout.splitlines()]
+    statement = json.loads(base64.b64decode(envelope["payload"]))
+    assert statement["subject"][0]["digest"] == {"sha256": ref.split("@sha256:")[1]}
+    assert statement["predicate"] == sbom(variant)
 
 
 def test_vulnerability_matching_is_skipped_and_says_why(release):
