@@ -28,7 +28,7 @@ $(VENV)/scan/.installed: .github/requirements-lint.txt | $(VENV)/.installed
 	$(VENV)/scan/bin/pip install --quiet --require-hashes -r .github/requirements-lint.txt
 	touch $@
 
-scan: build $(VENV)/scan/.installed $(VENV)/checkov/bin/checkov ## lint and scan offline: hadolint, checkov, yamllint, SBOMs in build/sbom/, secrets, vulnerabilities
+scan: build $(VENV)/scan/.installed $(VENV)/checkov/bin/checkov ## lint and scan offline: hadolint, checkov, yamllint, actionlint, SBOMs in build/sbom/, secrets, vulnerabilities
 	$(PROOF_PATH) $(VENV)/scan/bin/python -m proof.scan.scan --image-repository $(IMAGE)
 
 bench: $(VENV)/.installed ## measure worker models, images and both ceilings side by side; writes docs/benchmarks.md

@@ -10,6 +10,8 @@ For each variant (slim, distroless):
                    default variant's also with each optional component in k8s/components/, since the overlays
                    differ only in the image tag (tests/test_k8s.py)
   yamllint         compose.yaml, k8s/base, its overlay and k8s/components, with .yamllint.yaml
+  actionlint       every workflow in .github/workflows (with the default variant only: they are not per variant);
+                   the binary .ci/release/build makes, or SKIPPED, said out loud, where it is not built
   sbom             build/sbom/<variant>.cdx.json: the image's Python packages (cyclonedx-py) and Debian packages (dpkg)
   secrets          every layer of `docker save` and the image's history: kingfisher, proof/scan/secret-rules.yaml
   vulnerabilities  trivy or grype, when one is on PATH with a database; otherwise SKIPPED, said out loud
@@ -38,7 +40,7 @@ from project import DEFAULT_VARIANT, IMAGE, VARIANTS, components, dockerfile, re
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILES = {variant: dockerfile(variant) for variant in VARIANTS}
-CHECKS = ("hadolint", "checkov", "yamllint", "sbom", "secrets", "vulnerabilities")
+CHECKS = ("hadolint", "checkov", "yamllint", "actionlint", "sbom", "secrets", "vulnerabilities")
 CHECKOV_DOCKERFILE_CONFIG = "proof/scan/checkov-dockerfile.yaml"
 CHECKOV_K8S_CONFIG = "proof/scan/checkov-k8s.yaml"
 SECRET_RULES = "proof/scan/secret-rules.yaml"
@@ -79,7 +81,7 @@ def run(*command, check=True, **options):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The files: Dockerfile, manifests, YAML
+# The files: Dockerfile, manifests, YAML, workflows
 
 
 def hadolint(root, variant):
@@ -147,6 +149,38 @@ def yamllint(root, variant):
         raise RuntimeError(f"yamllint crashed:\n{result.stderr}")
     problems = result.stdout.strip().splitlines()
     return passed_if("yamllint", len(problems), ", ".join(paths), result.stdout.strip() + result.stderr.strip())
+
+
+def actionlint_binary(root):
+    """actionlint on PATH, or where .ci/release/build puts the version .ci/release/versions.sh pins; None if neither."""
+    path = os.pathsep.join([*map(str, TOOL_DIRECTORIES), os.environ.get("PATH", "")])
+    if found := shutil.which("actionlint", path=path):
+        return found
+    versions = root / ".ci" / "release" / "versions.sh"
+    pinned = re.search(r"^ACTIONLINT_VERSION=(\S+)", versions.read_text(), re.M) if versions.is_file() else None
+    if pinned:
+        cache = Path(os.environ.get("NOTES_RELEASE_CACHE", "/var/cache/notes-release"))
+        built = cache / f"actionlint-{pinned[1]}" / "actionlint"
+        if os.access(built, os.X_OK):
+            return str(built)
+    return None
+
+
+def actionlint(root):
+    workflows = sorted(path.relative_to(root).as_posix() for path in (root / ".github" / "workflows").glob("*.y*ml"))
+    binary = actionlint_binary(root)
+    if not binary:
+        reason = "no actionlint binary: bash .ci/release/build actionlint builds it with Go"
+        print(f"actionlint: SKIPPED ({reason})")
+        return Result("actionlint", "SKIPPED", None, reason)
+    # Without shellcheck and pyflakes, which it would run on `run:` scripts when found on PATH: the same findings on
+    # every machine, and neither is installed here.
+    result = run(binary, "-no-color", "-shellcheck=", "-pyflakes=", *workflows, cwd=root, check=False)
+    # 1: findings; anything else is a failure of the tool itself (2: bad arguments, 3: a fatal error).
+    if result.returncode not in (0, 1):
+        raise RuntimeError(f"actionlint exited {result.returncode}:\n{result.stderr}{result.stdout}")
+    findings = re.findall(r"^\S+:\d+:\d+: ", result.stdout, re.M)
+    return passed_if("actionlint", len(findings), ", ".join(workflows), result.stdout.strip())
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -366,6 +400,8 @@ def scan(variant, root, image, output, only):
             attempt("checkov k8s", checkov_k8s, root, variant, workdir)
         if "yamllint" in only:
             attempt("yamllint", yamllint, root, variant)
+        if "actionlint" in only and variant == DEFAULT_VARIANT:
+            attempt("actionlint", actionlint, root)
         if "sbom" in only:
             attempt("sbom", sbom, image, variant, output, workdir)
         if {"secrets", "vulnerabilities"} & set(only):
@@ -405,7 +441,8 @@ def main():
         for result in results:
             if result.status == "FAIL":
                 print(f"{image}: {result.check} failed:\n{result.report}\n")
-        print(table(image, results) + "\n")
+        if results:  # none where --only names a check of the default variant alone
+            print(table(image, results) + "\n")
         failed |= any(result.status == "FAIL" for result in results)
     sys.exit(1 if failed else 0)
 

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -53,7 +54,18 @@ def summary(output, image):
 
 
 @pytest.fixture(scope="session")
-def scan_of_the_images(images, tmp_path_factory):
+def actionlint():
+    """The pinned actionlint, built by .ci/release/build (cached by version); Go is the one thing it may lack."""
+    if not shutil.which("go"):
+        pytest.skip("no Go toolchain on PATH: .ci/release/build builds actionlint with it")
+    build = subprocess.run(["bash", str(REPOSITORY / ".ci" / "release" / "build"), "actionlint"],
+                           capture_output=True, text=True, timeout=900)
+    assert build.returncode == 0, build.stdout + build.stderr
+    return build.stdout.splitlines()[-1].removeprefix("actionlint=")
+
+
+@pytest.fixture(scope="session")
+def scan_of_the_images(images, actionlint, tmp_path_factory):
     """One full scan of both built variants, as `make scan` runs it, with the SBOMs written to a scratch folder.
 
     The vulnerability databases' caches point at an empty folder, so that a machine with trivy or grype installed
@@ -101,8 +113,10 @@ def test_scan_of_the_real_files_and_images_passes_and_says_the_vulnerability_sca
     skipped = re.findall(r"^vulnerability scan: SKIPPED \((.+)\)$", result.stdout, re.M)
     assert len(skipped) == len(VARIANTS), result.stdout
     for variant in VARIANTS:
+        # The workflows are linted once, in the default variant's table.
+        workflows = {"actionlint": "pass"} if variant == DEFAULT_VARIANT else {}
         assert summary(result.stdout, f"{IMAGE}:{variant}") == {
-            **{check: "pass" for check in CHECKS}, "vulnerabilities": "SKIPPED"}
+            **{check: "pass" for check in CHECKS}, **workflows, "vulnerabilities": "SKIPPED"}
 
 
 @pytest.mark.docker
@@ -130,6 +144,26 @@ def test_a_dockerfile_with_a_hadolint_violation_fails_the_scan(repository_copy):
     assert result.returncode == 1, result.stdout + result.stderr
     assert re.search(r"^Dockerfile:\d+ DL3003 ", result.stdout, re.M), result.stdout
     assert summary(result.stdout, f"{IMAGE}:{DEFAULT_VARIANT}") == {"hadolint": "FAIL"}
+
+
+def test_a_workflow_with_an_actionlint_flaw_fails_the_scan(repository_copy, actionlint):
+    workflow = repository_copy / ".github" / "workflows" / "ci.yml"
+    # A job that needs a job no workflow defines.
+    workflow.write_text(workflow.read_text().replace("    needs: lint\n", "    needs: lint-everything\n", 1))
+    result = scan("--root", str(repository_copy), "--only", "actionlint", DEFAULT_VARIANT)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert re.search(r"^\.github/workflows/ci\.yml:\d+:\d+: .*lint-everything", result.stdout, re.M), result.stdout
+    assert summary(result.stdout, f"{IMAGE}:{DEFAULT_VARIANT}") == {"actionlint": "FAIL"}
+
+
+def test_the_scan_says_so_on_one_line_when_actionlint_is_not_built(repository_copy, tmp_path):
+    path = [folder for folder in os.environ["PATH"].split(os.pathsep) if not Path(folder, "actionlint").exists()]
+    env = {**os.environ, "NOTES_RELEASE_CACHE": str(tmp_path / "empty"), "PATH": os.pathsep.join(path)}
+    result = scan("--root", str(repository_copy), "--only", "actionlint", DEFAULT_VARIANT, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.findall(r"^actionlint: SKIPPED \((.+)\)$", result.stdout, re.M) == [
+        "no actionlint binary: bash .ci/release/build actionlint builds it with Go"]
+    assert summary(result.stdout, f"{IMAGE}:{DEFAULT_VARIANT}") == {"actionlint": "SKIPPED"}
 
 
 def test_a_manifest_with_a_checkov_flaw_fails_the_scan(repository_copy):
