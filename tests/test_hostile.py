@@ -183,13 +183,16 @@ def test_a_malformed_content_length_answers_400_json_closes_and_logs_its_request
     assert header(headers, "Connection") == ["close"]
     # The id the client is told to quote must find the refusal in the log.
     request_id = header(headers, "X-Request-ID")[0]
-    wait_until(lambda: request_id in logs_since(server, mark), timeout=10, what=f"a log line naming {request_id}")
+
+    def access_lines():
+        return [entry for entry in json_lines(server["stdout"])
+                if entry.get("request_id") == request_id and entry.get("logger") == "gunicorn.access"]
+
+    # gunicorn answered it itself, before the app: its access line still names the request's method and path.
+    [entry] = wait_until(access_lines, timeout=10, what=f"an access line naming {request_id}")
+    assert (entry["method"], entry["path"], entry["status"]) == ("GET", path, 400), entry
     written = logs_since(server, mark)
     assert "Traceback" not in written and "KeyError" not in written, written
-    # gunicorn answered it itself, before the app: its access line still names the request's method and path.
-    [entry] = [entry for line in written.splitlines() if request_id in line
-               and (entry := json.loads(line))["logger"] == "gunicorn.access"]
-    assert (entry["method"], entry["path"], entry["status"]) == ("GET", path, 400), entry
 
 
 @pytest.mark.parametrize("coding", [b"xchunked", b"gzip, chunked", b"chunked;q=1"])
