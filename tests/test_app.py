@@ -7,6 +7,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -497,6 +498,33 @@ def test_migrate_gives_up_on_an_unreachable_database_after_its_wait_with_one_lin
     [line] = result.stderr.splitlines()
     assert line.startswith("Error: cannot connect to the database within 3 s: ")
     assert postgres.password not in result.stdout + result.stderr
+
+
+def test_migrate_retries_about_once_a_second_not_in_a_busy_loop(app_environment):
+    # A port that accepts and at once closes, as a database still starting may: each attempt fails fast.
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(0.2)
+        attempts, stop = [], threading.Event()
+
+        def count():
+            while not stop.is_set():
+                try:
+                    listener.accept()[0].close()
+                    attempts.append(time.monotonic())
+                except TimeoutError:
+                    pass
+
+        counter = threading.Thread(target=count)
+        counter.start()
+        url = f"postgresql://app@127.0.0.1:{listener.getsockname()[1]}/app"
+        try:
+            result = flask_cli({**app_environment, "DATABASE_URL": url}, "migrate", "--wait", "3")
+        finally:
+            stop.set()
+            counter.join()
+    assert result.returncode != 0
+    # libpq tries twice per connect (with and without SSL): about 2 a second over 3 s, not hundreds.
+    assert 3 <= len(attempts) <= 16, len(attempts)
 
 
 def test_migrate_gives_up_on_a_server_that_never_answers_after_its_connect_timeout(app_environment, postgres):

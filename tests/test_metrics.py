@@ -102,6 +102,8 @@ def test_the_pool_reports_its_connections_and_the_build_its_origin(server):
     samples = scrape_until(server["metrics"], lambda s: value(s, "db_pool_connections") >= 1
                            and value(s, "db_pool_connections_in_use") == 0, "the pool sampled at rest")
     assert value(samples, "db_pool_requests_waiting") == 0
+    # Nothing failed: every sample since the pool opened added nothing to the errors.
+    assert [value(samples, "db_pool_errors_total", kind=kind) for kind in ("wait", "connect")] == [0, 0]
     assert value(samples, "app_build_info", variant="source") == 1  # run from the source tree, not an image
 
 
