@@ -132,6 +132,19 @@ def test_everyday_requests_log_no_warning(app_environment, tmp_path):
     assert [entry for entry in entries if entry["level"] not in ("INFO", "DEBUG")] == []
 
 
+def test_an_idle_worker_uses_next_to_no_cpu(gunicorn):
+    assert http("GET", gunicorn["url"] + "/api/notes")[0] == 200  # the pool and its sampler running
+
+    def cpu_seconds():
+        workers = Path(f"/proc/{gunicorn['pid']}/task/{gunicorn['pid']}/children").read_text().split()
+        return sum(sum(map(int, Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[11:13]))
+                   for pid in workers) / os.sysconf("SC_CLK_TCK")
+
+    before = cpu_seconds()
+    time.sleep(3)
+    assert cpu_seconds() - before < 0.3
+
+
 def test_each_worker_writes_its_last_line_as_it_stops(app_environment, tmp_path):
     with gunicorn_server(app_environment, tmp_path) as server:
         assert http("GET", server["url"] + "/")[0] == 200

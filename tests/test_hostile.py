@@ -359,7 +359,7 @@ def test_gunicorn_refuses_a_non_numeric_worker_count_with_one_line(app_environme
 
 # ---------------------------------------------------------------------------------------------- locks held elsewhere
 
-def test_migrate_waits_2_minutes_for_the_migration_lock_and_5_s_for_a_table(own_database, app_environment,
+def test_migrate_takes_the_shared_lock_waiting_2_minutes_for_it_and_5_s_for_a_table(own_database, app_environment,
                                                                            postgres, database_url):
     """The two bounds as the server is told them, read from its own statement log: waiting them out takes minutes
     (the slow tests below wait out the table's)."""
@@ -371,6 +371,8 @@ def test_migrate_waits_2_minutes_for_the_migration_lock_and_5_s_for_a_table(own_
     logged = postgres.get_wrapped_container().logs(since=since).decode()
     assert [line.rsplit("statement: ", 1)[1] for line in logged.splitlines() if "lock_timeout" in line] == [
         "SET LOCAL lock_timeout = '120s'", "SET LOCAL lock_timeout = '5s'"], logged[-2000:]
+    # The lock every migrate shares, old images' too during a rolling deploy: "notes" in ASCII, for good.
+    assert f"Parameters: $1 = '{int.from_bytes(b'notes')}'" in logged, logged[-2000:]
 
 
 # How long the tests below hold a lock: longer than any request may take, shorter than a migration must wait.
