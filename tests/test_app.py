@@ -177,6 +177,13 @@ def test_create_note_rejects_invalid_text_naming_the_field(client, body):
     assert_error(client.post("/api/notes", json=body), 400, "bad_request", mentions="text")
 
 
+@pytest.mark.parametrize(("body", "message"), [({}, "text is required"),
+                                               ({"text": "x", "id": 1}, "text is the only field allowed")])
+def test_create_note_says_which_is_wrong_a_missing_text_or_an_extra_field(client, body, message):
+    response = client.post("/api/notes", json=body)
+    assert response.status_code == 400 and response.get_json()["error"]["message"] == message
+
+
 def test_create_note_rejects_an_unpaired_surrogate(client):
     response = client.post("/api/notes", data='{"text": "half \\ud800 a pair"}', content_type="application/json")
     assert_error(response, 400, "bad_request", mentions="text")
@@ -530,12 +537,27 @@ def test_migrate_retries_about_once_a_second_not_in_a_busy_loop(app_environment)
 def test_migrate_gives_up_on_a_server_that_never_answers_after_its_connect_timeout(app_environment, postgres):
     # A frozen or half-dead database host: the kernel completes the handshake, and nothing answers after that.
     with socket.create_server(("127.0.0.1", 0)) as silent:
+        held = []
+
+        def hold():  # accepts, then waits for the client to give up: how long libpq waited for an answer
+            connection, _ = silent.accept()
+            with connection:
+                accepted = time.monotonic()
+                connection.recv(1024)  # libpq's first message, never answered
+                while connection.recv(1024):
+                    pass
+                held.append(time.monotonic() - accepted)
+
+        holder = threading.Thread(target=hold)
+        holder.start()
         environment = {**app_environment, "DATABASE_URL": f"postgresql://app@127.0.0.1:{silent.getsockname()[1]}/app"}
         started = time.monotonic()
         result = flask_cli(environment, "migrate", "--wait", "0", timeout=15)
         seconds = time.monotonic() - started
-    # Each connection attempt ends after 5 s (CONNECT_TIMEOUT_SECONDS), plus the interpreter's start.
-    assert 5 <= seconds < 9
+        holder.join(timeout=15)
+    # The attempt ends after 5 s (CONNECT_TIMEOUT_SECONDS), timed by the server: the interpreter's start adds nothing.
+    assert len(held) == 1 and 4.5 <= held[0] < 5.5, held
+    assert seconds < 9
     [line] = result.stderr.splitlines()
     assert line.startswith("Error: cannot connect to the database within 0 s: ")
     assert postgres.password not in result.stdout + result.stderr
