@@ -126,6 +126,12 @@ def json_lines(path):
     return [entry for entry in entries if isinstance(entry, dict)]
 
 
+def lines_naming(server, request_id, **fields):
+    """The JSON lines on the server's stdout that name `request_id` and hold `fields`."""
+    return [entry for entry in json_lines(server["stdout"])
+            if entry.get("request_id") == request_id and fields.items() <= entry.items()]
+
+
 def connect(postgres, url):
     return psycopg.connect(url, password=postgres.password, autocommit=True)
 
@@ -184,12 +190,9 @@ def test_a_malformed_content_length_answers_400_json_closes_and_logs_its_request
     # The id the client is told to quote must find the refusal in the log.
     request_id = header(headers, "X-Request-ID")[0]
 
-    def access_lines():
-        return [entry for entry in json_lines(server["stdout"])
-                if entry.get("request_id") == request_id and entry.get("logger") == "gunicorn.access"]
-
     # gunicorn answered it itself, before the app: its access line still names the request's method and path.
-    [entry] = wait_until(access_lines, timeout=10, what=f"an access line naming {request_id}")
+    [entry] = wait_until(lambda: lines_naming(server, request_id, logger="gunicorn.access"), timeout=10,
+                         what=f"an access line naming {request_id}")
     assert (entry["method"], entry["path"], entry["status"]) == ("GET", path, 400), entry
     written = logs_since(server, mark)
     assert "Traceback" not in written and "KeyError" not in written, written
@@ -273,11 +276,8 @@ def test_a_database_outage_warning_is_written_as_json_on_stdout(unreachable):
     assert answer.status_code == 503
     request_id = answer.headers["X-Request-ID"]
 
-    def warning():
-        return [entry for entry in json_lines(unreachable["stdout"])
-                if entry.get("request_id") == request_id and entry.get("level") == "WARNING"]
-
-    [entry] = wait_until(warning, timeout=10, what=f"a JSON warning naming {request_id} on stdout")
+    [entry] = wait_until(lambda: lines_naming(unreachable, request_id, level="WARNING"), timeout=10,
+                         what=f"a JSON warning naming {request_id} on stdout")
     assert "database unavailable" in entry["message"]
 
 
@@ -286,11 +286,8 @@ def test_a_failing_readiness_probe_is_logged_though_a_passing_one_is_not(unreach
     assert answer.status_code == 503
     request_id = answer.headers["X-Request-ID"]
 
-    def access_line():
-        return [entry for entry in json_lines(unreachable["stdout"])
-                if entry.get("request_id") == request_id and entry.get("logger") == "gunicorn.access"]
-
-    [entry] = wait_until(access_line, timeout=10, what=f"an access line naming {request_id}")
+    [entry] = wait_until(lambda: lines_naming(unreachable, request_id, logger="gunicorn.access"), timeout=10,
+                         what=f"an access line naming {request_id}")
     assert (entry["path"], entry["status"]) == ("/readyz", 503)
 
 
