@@ -674,7 +674,8 @@ def test_invalid_configuration_exits_with_one_line_naming_the_variable(app_envir
 
 @pytest.mark.parametrize("variables", [{"METRICS_PORT": "65535"}, {"METRICS_PORT": "1"}, {"LOG_LEVEL": "debug"},
                                        # Within the defaults: minimum 1, maximum 4.
-                                       {"DATABASE_POOL_MAX_SIZE": "1"}, {"DATABASE_POOL_MIN_SIZE": "4"}],
+                                       {"DATABASE_POOL_MAX_SIZE": "1"}, {"DATABASE_POOL_MIN_SIZE": "4"},
+                                       {"DATABASE_POOL_MIN_SIZE": "0"}],  # no connection kept while idle
                          ids=lambda variables: "=".join(*variables.items()))
 def test_configuration_at_the_edge_of_its_range_or_in_lower_case_is_accepted(app_environment, variables):
     result = run_with_configuration(app_environment, **variables)
