@@ -49,4 +49,11 @@ start() {  # name port... -- args...: start a binary detached from this script, 
   shift
   setsid "$bin/$name" "$@" >"$state/$name.log" 2>&1 </dev/null &
   echo $! >"$state/$name.pid"
+  # setsid becomes the binary in place; while it does, the pid's command line can read empty, and running() would
+  # call a process that is starting a dead one. Wait until it is the binary (or gone: wait_for then says so).
+  local i
+  for i in $(seq 50); do
+    grep -qz "^$bin/$name\$" "/proc/$!/cmdline" 2>/dev/null || [ ! -e "/proc/$!" ] && break
+    sleep 0.1
+  done
 }
