@@ -219,6 +219,13 @@ def test_a_malformed_chunked_body_answers_400_json_without_a_traceback(server, b
     assert "Traceback" not in logs_since(server, mark)
 
 
+def test_a_malformed_chunk_closes_a_keep_alive_connection(server):
+    # The client asked to keep the connection: what follows the bad chunk cannot be read as a next request.
+    request = post_note_chunked(b"zz\r\n{}\r\n0\r\n\r\n").replace(b"Connection: close\r\n", b"")
+    status, headers, _ = exchange(server["url"], request)
+    assert status == 400 and header(headers, "Connection") == ["close"], headers
+
+
 def test_a_chunked_body_over_64_kib_answers_413_and_stores_nothing(server, postgres, database_url):
     text = f"over the limit {uuid.uuid4().hex}"
     body = json.dumps({"text": text}).encode().ljust(100_025)  # spaces after JSON are still valid JSON
