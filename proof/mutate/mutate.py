@@ -399,7 +399,7 @@ def main():
         if changed:
             sys.exit(f"error: {', '.join(changed)} changed since the last run: run make mutate again")
         with sqlite3.connect(STAGE / "session.sqlite") as db:
-            retested = db.execute("DELETE FROM work_results WHERE test_outcome = 'survived'").rowcount
+            retested = db.execute("DELETE FROM work_results WHERE test_outcome = 'SURVIVED'").rowcount
         run["survivors"] = {"date": f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC", "revision": revision(),
                             "count": retested}
         shutil.rmtree(STAGE / "pristine")
