@@ -1,17 +1,22 @@
-"""`make release-local` (.ci/release/): each variant pushed to a local registry by the digest of its archive, signed
-with a key pair of the run, verified by digest, refused once its tag names another image, and described by an SBOM
-that sees the whole image: its Python, gunicorn, psycopg with the libpq it bundles, and the Debian packages.
+"""`make release-local` (.ci/release/): ci.yml's image and publish jobs against a local registry. Each variant is
+built once for linux/amd64 and linux/arm64 with BuildKit's SBOM and provenance into an OCI archive, run on both
+platforms, pushed by the archive's digest, signed with a key pair of the run, verified by digest, refused once its
+tag names another image, and described per platform by an SBOM that sees the whole image: its Python, gunicorn,
+psycopg with the libpq it bundles, and the Debian packages.
 
-The release runs once per module, on images of its own (RELEASE_IMAGE, default release-<IMAGE>), so it never retags
-the images the other tests build; its registry's state is a folder of the module's, removed at the end.
+The release runs once per module, as images of its own (RELEASE_IMAGE, default release-<IMAGE>), its registry's
+state a folder of the module's. Where `bash .ci/run` has just run the release as its own phase, RELEASE_LOG names
+that run's output and the module checks that release instead of making another.
 """
 
 import base64
+import io
 import json
 import os
 import re
 import shutil
 import subprocess
+import sys
 import tarfile
 import time
 import urllib.request
@@ -19,7 +24,8 @@ from pathlib import Path
 from urllib.parse import unquote
 
 import pytest
-from project import IMAGE, ROOT, VARIANTS
+import yaml
+from project import DEFAULT_VARIANT, IMAGE, ROOT, VARIANTS
 
 pytestmark = pytest.mark.docker
 
@@ -35,21 +41,26 @@ def tool(name):
     return built.splitlines()[-1].removeprefix(f"{name}=")
 
 
+def released(output):
+    refs = dict(line.split(" ") for line in output.strip().splitlines()[-len(VARIANTS):])
+    registry, image = refs[VARIANTS[0]].split("@")[0].split("/", 1)
+    return {"output": output, "refs": refs, "registry": registry, "image": image}
+
+
 @pytest.fixture(scope="module")
 def release(tmp_path_factory):
     """One `make release-local`: {"output": its stdout, "refs": {variant: REGISTRY/IMAGE@DIGEST}, "registry": ...}."""
+    if log := os.environ.get("RELEASE_LOG"):
+        yield released(Path(log).read_text())
+        return
     if not shutil.which("go"):
-        pytest.skip("no Go toolchain on PATH: .ci/release/build builds crane, cosign and syft with it")
+        pytest.skip("no Go toolchain on PATH: .ci/release/build builds crane, cosign, syft and buildkit with it")
     env = {**os.environ, "NOTES_REGISTRY_STATE": str(tmp_path_factory.mktemp("registry") / "state")}
     try:
         result = subprocess.run(["make", "--no-print-directory", "release-local", f"IMAGE={RELEASE_IMAGE}"],
                                 cwd=ROOT, capture_output=True, text=True, timeout=5400, env=env)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-        lines = result.stdout.strip().splitlines()
-        last = [line.split(" ") for line in lines[-len(VARIANTS):]]
-        refs = dict(last)
-        registry = refs[VARIANTS[0]].split("/")[0]
-        yield {"output": result.stdout, "refs": refs, "registry": registry, "env": env}
+        yield released(result.stdout)
     finally:
         subprocess.run(["bash", str(ROOT / ".ci" / "registry" / "down")], env=env, capture_output=True)
 
@@ -94,25 +105,136 @@ def verify(reference, key=OUT / "cosign.pub", env=None):
                           capture_output=True, text=True, env={**(env or os.environ), "COSIGN_PASSWORD": ""})
 
 
+class Archive:
+    """An OCI archive as buildx writes it, read with tarfile alone: none of the release's own code."""
+
+    def __init__(self, path):
+        self.tar = tarfile.open(path)
+
+    def json(self, name):
+        return json.load(self.tar.extractfile(name))
+
+    def blob(self, digest):
+        return self.tar.extractfile(f"blobs/sha256/{digest.removeprefix('sha256:')}").read()
+
+    def index(self):
+        [top] = self.json("index.json")["manifests"]
+        return top["digest"], json.loads(self.blob(top["digest"]))
+
+    def images(self):
+        """{os/arch: manifest descriptor}, and {manifest digest: attestation manifest} from the index."""
+        _, index = self.index()
+        platforms = {f"{m['platform']['os']}/{m['platform']['architecture']}": m for m in index["manifests"]
+                     if m["platform"]["os"] != "unknown"}
+        attestations = {m["annotations"]["vnd.docker.reference.digest"]: json.loads(self.blob(m["digest"]))
+                        for m in index["manifests"]
+                        if m.get("annotations", {}).get("vnd.docker.reference.type") == "attestation-manifest"}
+        return platforms, attestations
+
+    def files(self, platform, prefix):
+        """{path: bytes} of the files under prefix in that platform's layers."""
+        platforms, _ = self.images()
+        manifest = json.loads(self.blob(platforms[platform]["digest"]))
+        found = {}
+        for layer in manifest["layers"]:
+            with tarfile.open(fileobj=io.BytesIO(self.blob(layer["digest"]))) as contents:
+                for member in contents:
+                    name = member.name.lstrip("./")
+                    if member.isfile() and name.startswith(prefix):
+                        found[name] = contents.extractfile(member).read()
+        return found
+
+
+def archive(variant):
+    return Archive(OUT / f"{variant}.oci.tar")
+
+
+def wanted_platforms():
+    return sorted(yaml.safe_load((ROOT / ".github" / "workflows" / "ci.yml").read_text())["env"]["PLATFORMS"]
+                  .split(","))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_the_release_builds_with_the_flags_of_ci_ymls_build_step(variant):
+    """workflow.py turns the build step's inputs into buildx's flags; what it may not map it refuses, naming it."""
+    ci = yaml.safe_load((ROOT / ".github" / "workflows" / "ci.yml").read_text())
+    [row] = [row for row in ci["jobs"]["image"]["strategy"]["matrix"]["include"] if row["variant"] == variant]
+    given = ["env.ARCHIVE=out.tar", "github.sha=0123abc", "steps.date.outputs.created=2026-12-05T00:00:00Z",
+             "github.server_url=file://", "github.repository=/here"]
+    arguments = subprocess.run([sys.executable, str(ROOT / ".ci" / "release" / "workflow.py"), "build-args", variant,
+                                *given], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert arguments[-1] == "."
+    assert {f"--file={row['dockerfile']}", f"--platform={ci['env']['PLATFORMS']}", "--output=type=oci,dest=out.tar",
+            "--sbom=true", "--provenance=mode=max", "--pull"} <= set(arguments)
+    build_args = [arguments[i + 1] for i, argument in enumerate(arguments) if argument == "--build-arg"]
+    assert "REVISION=0123abc" in build_args and "CREATED=2026-12-05T00:00:00Z" in build_args
+    missing = subprocess.run([sys.executable, str(ROOT / ".ci" / "release" / "workflow.py"), "build-args", variant,
+                              *given[:-1]], capture_output=True, text=True)
+    assert missing.returncode != 0 and "github.repository=VALUE" in missing.stderr
+
+
 def test_the_last_lines_name_each_variant_by_digest_in_the_local_registry(release):
     assert list(release["refs"]) == list(VARIANTS)
     for ref in release["refs"].values():
-        assert re.fullmatch(rf"127\.0\.0\.1:\d+/{re.escape(RELEASE_IMAGE)}@{DIGEST.pattern}", ref), ref
+        assert re.fullmatch(rf"127\.0\.0\.1:\d+/{re.escape(release['image'])}@{DIGEST.pattern}", ref), ref
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_the_archive_holds_every_platform_each_with_its_sbom_and_provenance(release, variant):
+    platforms, attestations = archive(variant).images()
+    assert sorted(platforms) == wanted_platforms()
+    for platform, descriptor in platforms.items():
+        attestation = attestations[descriptor["digest"]]
+        types = sorted(layer["annotations"]["in-toto.io/predicate-type"] for layer in attestation["layers"])
+        assert len(types) == 2 and types[0].startswith("https://slsa.dev/provenance/"), (platform, types)
+        assert types[1] == "https://spdx.dev/Document", (platform, types)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_buildkits_own_sbom_of_each_platform_lists_gunicorn_and_psycopg(release, variant):
+    """The SBOM the build attached (BuildKit's generator, syft behind its protocol), not the one made after the push."""
+    built = archive(variant)
+    platforms, attestations = built.images()
+    pinned = dict(re.findall(r"^([a-z0-9-]+)==(\S+)", (ROOT / "requirements.txt").read_text(), re.M))
+    for platform, descriptor in platforms.items():
+        [layer] = [layer for layer in attestations[descriptor["digest"]]["layers"]
+                   if layer["annotations"]["in-toto.io/predicate-type"] == "https://spdx.dev/Document"]
+        # Its subject is the image the attestation manifest points at (vnd.docker.reference.digest).
+        found = purls(json.loads(built.blob(layer["digest"]))["predicate"])
+        for package in ("gunicorn", "psycopg"):
+            assert any(purl.startswith(f"pkg:pypi/{package}@{pinned[package]}") for purl in found), (platform, package)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_the_pushed_digest_is_the_archives_and_the_tag_names_it(release, variant):
     digest = release["refs"][variant].split("@")[1]
-    printed = dict(re.findall(rf"^{variant}: (archive's manifest|pushed) +({DIGEST.pattern})", release["output"],
-                              re.M))
-    assert printed == {"archive's manifest": digest, "pushed": digest}
-    # Computed again here, from the archive alone and from the registry.
-    crane = tool("crane")
-    archive = subprocess.run([crane, "digest", "--tarball", str(OUT / f"{variant}.tar")], capture_output=True,
-                             text=True, check=True).stdout.strip()
-    held = subprocess.run([crane, "digest", f"{release['registry']}/{RELEASE_IMAGE}:{variant}"], capture_output=True,
-                          text=True, check=True).stdout.strip()
-    assert archive == held == digest
+    printed = dict(re.findall(rf"^{variant}: (built|pushed) +({DIGEST.pattern})", release["output"], re.M))
+    assert printed == {"built": digest, "pushed": digest}
+    # Again here, from the archive alone and from the registry.
+    held = subprocess.run([tool("crane"), "digest", f"{release['registry']}/{release['image']}:{variant}"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    assert archive(variant).index()[0] == held == digest
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_both_platforms_ran_the_smoke_test_and_arm64_stored_a_note_through_compose(release, variant):
+    for platform in wanted_platforms():
+        assert re.search(rf"^{variant}: {platform}: healthy, / greets", release["output"], re.M), platform
+    assert re.search(rf"^{variant}: linux/arm64 through Compose: / says \"Hello, .+!\", /healthz 200, note \d+ stored "
+                     r"and read back$", release["output"], re.M)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_the_arm64_image_pulled_by_digest_runs_an_arm64_interpreter(release, variant):
+    """Under QEMU, through binfmt_misc: the interpreter in the pushed index's arm64 image is an aarch64 one."""
+    ref = release["refs"][variant]
+    try:
+        ran = subprocess.run(["docker", "run", "--rm", "--platform", "linux/arm64", "--entrypoint", "python3.13", ref,
+                              "-c", "import platform; print(platform.machine())"], capture_output=True, text=True,
+                             timeout=300)
+        assert ran.stdout.strip() == "aarch64", ran.stderr
+    finally:
+        subprocess.run(["docker", "image", "rm", ref], capture_output=True)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -132,23 +254,25 @@ def test_the_signed_digest_verifies_with_the_runs_public_key_only(release, varia
 def test_a_tag_moved_to_another_image_fails_verification_while_the_signed_digest_still_passes(release, variant):
     assert re.search(rf"^{variant}: \S+:{variant} -> {DIGEST.pattern}: verification fails", release["output"], re.M)
     assert re.search(rf"^{variant}: \S+@{DIGEST.pattern} still verifies$", release["output"], re.M)
-    # Again here, and the tag put back on the signed image afterwards.
+    # Again here, and the tag put back on the signed index afterwards.
     crane, ref = tool("crane"), release["refs"][variant]
-    tag = f"{release['registry']}/{RELEASE_IMAGE}:{variant}"
-    subprocess.run([crane, "mutate", tag, "--label", "tampered-by=test_release", "--tag", tag], capture_output=True,
-                   check=True)
+    repository = f"{release['registry']}/{release['image']}"
+    amd64 = subprocess.run([crane, "digest", "--platform", "linux/amd64", ref], capture_output=True, text=True,
+                           check=True).stdout.strip()
+    subprocess.run([crane, "mutate", f"{repository}@{amd64}", "--label", "tampered-by=test_release", "--tag",
+                    f"{repository}:{variant}"], capture_output=True, check=True)
     try:
-        assert verify(tag).returncode != 0
+        assert verify(f"{repository}:{variant}").returncode != 0
         assert verify(ref).returncode == 0
     finally:
         subprocess.run([crane, "tag", ref, variant], capture_output=True, check=True)
-    assert verify(tag).returncode == 0
+    assert verify(f"{repository}:{variant}").returncode == 0
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_the_signed_digest_deploys_pulled_by_digest_and_is_the_built_image(release, variant):
+def test_the_signed_digest_deploys_pulled_by_digest_and_is_the_archives_amd64_image(release, variant):
     """Verify, then deploy by digest: the engine pulls the reference the release printed (127.0.0.0/8 is an insecure
-    registry to Docker by default) and runs it; its image is the one `make build` tagged."""
+    registry to Docker by default), takes its amd64 image and runs it; that image is the archive's."""
     ref = release["refs"][variant]
     assert verify(ref).returncode == 0
     name = f"release-deploy-{variant}-{os.getpid()}"
@@ -169,20 +293,24 @@ def test_the_signed_digest_deploys_pulled_by_digest_and_is_the_built_image(relea
                 time.sleep(0.5)
         running = subprocess.run(["docker", "container", "inspect", "--format", "{{.Image}}", name],
                                  capture_output=True, text=True, check=True).stdout.strip()
-        built = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", f"{RELEASE_IMAGE}:{variant}"],
-                               capture_output=True, text=True, check=True).stdout.strip()
-        assert running == built
+        built = archive(variant)
+        platforms, _ = built.images()
+        config = json.loads(built.blob(platforms["linux/amd64"]["digest"]))["config"]["digest"]
+        assert running == config
     finally:
         subprocess.run(["docker", "rm", "--force", name], capture_output=True)
         subprocess.run(["docker", "image", "rm", ref], capture_output=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The SBOMs
+# The SBOMs made from the registry after the push, one per platform
+
+PLATFORM_CASES = [(variant, platform.removeprefix("linux/")) for variant in VARIANTS for platform in
+                  wanted_platforms()]
 
 
-def sbom(variant):
-    document = json.loads((OUT / f"{variant}.spdx.json").read_text())
+def sbom(variant, arch):
+    document = json.loads((OUT / f"{variant}-{arch}.spdx.json").read_text())
     assert document["spdxVersion"].startswith("SPDX-2.")
     return document
 
@@ -196,15 +324,16 @@ def purls(document):
             for reference in package.get("externalRefs", []) if reference["referenceType"] == "purl"]
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_the_sbom_describes_the_signed_digest(release, variant):
-    [image] = [package for package in sbom(variant)["packages"] if package.get("primaryPackagePurpose") == "CONTAINER"]
+@pytest.mark.parametrize(("variant", "arch"), PLATFORM_CASES)
+def test_the_sbom_describes_the_signed_digest(release, variant, arch):
+    [image] = [package for package in sbom(variant, arch)["packages"]
+               if package.get("primaryPackagePurpose") == "CONTAINER"]
     assert image["versionInfo"] == release["refs"][variant].split("@")[1]
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_the_sbom_lists_python_gunicorn_and_psycopg_at_their_pinned_versions(release, variant):
-    document = sbom(variant)
+@pytest.mark.parametrize(("variant", "arch"), PLATFORM_CASES)
+def test_the_sbom_lists_python_gunicorn_and_psycopg_at_their_pinned_versions(release, variant, arch):
+    document = sbom(variant, arch)
     pinned = dict(re.findall(r"^([a-z0-9-]+)==(\S+)", (ROOT / "requirements.txt").read_text(), re.M))
     found = purls(document)
     for package in ("gunicorn", "psycopg", "psycopg-binary", "flask"):
@@ -212,58 +341,50 @@ def test_the_sbom_lists_python_gunicorn_and_psycopg_at_their_pinned_versions(rel
     # The interpreter itself, whichever way syft sees it (the Debian package or the binary).
     pythons = versions(document, "python3.13") | versions(document, "python")
     assert any(version and version.startswith("3.13") for version in pythons), pythons
+    # Debian's packages of that platform, and none of another: the architecture is in the deb purls that name one.
+    arches = {found[1] for purl in purls(document) if (found := re.search(r"^pkg:deb/debian/.*[?&]arch=(\w+)", purl))}
+    assert arches - {"all"} == {arch}, arches
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_the_sbom_sees_the_libpq_that_psycopg_binary_bundles(release, variant):
-    files = [entry["fileName"] for entry in sbom(variant).get("files", [])]
+@pytest.mark.parametrize(("variant", "arch"), PLATFORM_CASES)
+def test_the_sbom_sees_the_libpq_that_psycopg_binary_bundles(release, variant, arch):
+    files = [entry["fileName"] for entry in sbom(variant, arch).get("files", [])]
     assert any(re.search(r"psycopg_binary\.libs/libpq[-.]", name) for name in files), [
         name for name in files if "psycopg" in name][:20]
 
 
-def dpkg_status_d(archive):
-    """{package: version} from the distroless image's /var/lib/dpkg/status.d/, read from its `docker save` archive."""
-    found = {}
-    with tarfile.open(archive) as saved:
-        manifest = json.load(saved.extractfile("manifest.json"))
-        for layer in manifest[0]["Layers"]:
-            with tarfile.open(fileobj=saved.extractfile(layer)) as contents:
-                for member in contents:
-                    name = member.name.lstrip("./")
-                    if member.isfile() and name.startswith("var/lib/dpkg/status.d/"):
-                        text = contents.extractfile(member).read().decode()
-                        for paragraph in re.split(r"\n\s*\n", text):
-                            fields = dict(re.findall(r"^(Package|Version): (\S+)$", paragraph, re.M))
-                            if "Package" in fields:
-                                found[fields["Package"]] = fields["Version"]
-    return found
-
-
-def test_the_distroless_sbom_lists_every_debian_package_of_its_dpkg_status(release):
+@pytest.mark.parametrize("arch", [platform.removeprefix("linux/") for platform in wanted_platforms()])
+def test_the_distroless_sbom_lists_every_debian_package_of_its_dpkg_status(release, arch):
     if "distroless" not in VARIANTS:
         pytest.skip("no distroless variant")
-    installed = dpkg_status_d(OUT / "distroless.tar")
+    installed = {}
+    for text in archive("distroless").files(f"linux/{arch}", "var/lib/dpkg/status.d/").values():
+        for paragraph in re.split(r"\n\s*\n", text.decode()):
+            fields = dict(re.findall(r"^(Package|Version): (\S+)$", paragraph, re.M))
+            if "Package" in fields:
+                installed[fields["Package"]] = fields["Version"]
     assert {"libc6", "libssl3t64", "python3.13", "tzdata"} <= installed.keys(), installed
-    document = sbom("distroless")
     debs = {}
-    for purl in purls(document):
+    for purl in purls(sbom("distroless", arch)):
         if found := re.match(r"pkg:deb/debian/([^@]+)@([^?]+)", purl):
             debs[unquote(found[1])] = unquote(found[2])
     missing = {name: version for name, version in installed.items() if debs.get(name) != version}
     assert missing == {}, f"in status.d but not in the SBOM at that version: {missing}"
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_the_sbom_is_attested_to_the_signed_digest(release, variant):
-    ref = release["refs"][variant]
+@pytest.mark.parametrize(("variant", "arch"), PLATFORM_CASES)
+def test_the_sbom_is_attested_to_its_platforms_digest(release, variant, arch):
+    platforms, _ = archive(variant).images()
+    manifest = platforms[f"linux/{arch}"]["digest"]
+    ref = f"{release['registry']}/{release['image']}@{manifest}"
     verified = subprocess.run([tool("cosign"), "verify-attestation", "--key", str(OUT / "cosign.pub"), "--type",
                                "spdxjson", "--trusted-root", str(OUT / "trusted_root.json"),
                                "--insecure-ignore-tlog=true", ref], capture_output=True, text=True)
     assert verified.returncode == 0, verified.stderr
     [envelope] = [json.loads(line) for line in verified.stdout.splitlines()]
     statement = json.loads(base64.b64decode(envelope["payload"]))
-    assert statement["subject"][0]["digest"] == {"sha256": ref.split("@sha256:")[1]}
-    assert statement["predicate"] == sbom(variant)
+    assert statement["subject"][0]["digest"] == {"sha256": manifest.removeprefix("sha256:")}
+    assert statement["predicate"] == sbom(variant, arch)
 
 
 def test_vulnerability_matching_is_skipped_and_says_why(release):
@@ -273,3 +394,43 @@ def test_vulnerability_matching_is_skipped_and_says_why(release):
 def test_the_public_key_is_published_and_the_private_key_is_not(release):
     assert (OUT / "cosign.pub").read_text().startswith("-----BEGIN PUBLIC KEY-----")
     assert not list(Path(OUT).rglob("*.key"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Deployed by digest into a cluster
+
+
+@pytest.mark.cluster
+def test_the_clusters_containerd_pulls_the_signed_digest_from_the_registry_and_runs_it(release):
+    """Where a cluster runs on this machine (CLUSTER_CONTEXT, as `bash .ci/run` sets it), its containerd pulls the
+    released index by digest from the local registry (plain HTTP on loopback, containerd's default for 127.0.0.1)
+    and runs its own platform's image."""
+    context = os.environ.get("CLUSTER_CONTEXT")
+    if not context:
+        pytest.skip("CLUSTER_CONTEXT is not set: no cluster to deploy the released digest into")
+    ref = release["refs"][DEFAULT_VARIANT]
+    namespace = f"release-{os.getpid()}"
+
+    def kubectl(*args, **kwargs):
+        return subprocess.run(["kubectl", "--context", context, *args], capture_output=True, text=True, timeout=300,
+                              **kwargs)
+
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web", "namespace": namespace},
+           "spec": {"containers": [{"name": "web", "image": ref, "imagePullPolicy": "Always",
+                                    "env": [{"name": "NAME", "value": "cluster"}],
+                                    "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8000}},
+                                    # Admitted under the restricted Pod Security profile too.
+                                    "securityContext": {"runAsNonRoot": True, "allowPrivilegeEscalation": False,
+                                                        "capabilities": {"drop": ["ALL"]},
+                                                        "seccompProfile": {"type": "RuntimeDefault"}}}]}}
+    assert kubectl("create", "namespace", namespace).returncode == 0
+    try:
+        created = kubectl("apply", "-f", "-", input=json.dumps(pod))
+        assert created.returncode == 0, created.stderr
+        ready = kubectl("--namespace", namespace, "wait", "pod/web", "--for=condition=Ready", "--timeout=180s")
+        status = json.loads(kubectl("--namespace", namespace, "get", "pod/web", "-o", "json").stdout)["status"]
+        assert ready.returncode == 0, (ready.stderr, status)
+        [container] = status["containerStatuses"]
+        assert container["imageID"] == ref, container
+    finally:
+        kubectl("delete", "namespace", namespace, "--wait=false")
