@@ -3,7 +3,7 @@
 # stand-ins. A team with a registry mirror sets them in the environment or on make's command line, each to the mirror's
 # copy of the same image (the README shows one).
 -include .ci/airgap.mk
-# `make release-local`: the release path (push by digest, sign, verify, SBOM) against a local registry.
+# `make release-local`: ci.yml's release (both platforms, by digest, signed, SBOMs) against a local registry.
 -include .ci/release/release.mk
 # The images this project builds on or runs beside, by their upstream names: the one home of these references.
 # Renovate (.github/renovate.json) pins each one by digest (name:tag@sha256:...) and keeps that digest current, here

@@ -208,9 +208,11 @@ def test_each_make_up_builds_the_image_once_and_leaves_no_dangling_image(own_sta
         up = subprocess.run(["make", "--no-print-directory", "up", *arguments], cwd=copy, capture_output=True,
                             text=True, timeout=300, env=containers.learner_environment(env))
         assert up.returncode == 0, up.stdout + up.stderr
-        # Compose names the service of each build it starts, as `[web internal] load build definition`.
-        built = re.findall(r"\[(\S+) internal\] load build definition", up.stdout + up.stderr)
-        assert built == ["web"], up.stdout + up.stderr
+        # Compose names each build it finished: by its service with its own builder, by its image through buildx.
+        built = re.findall(r"^\s*(?:Service\s+|Image\s+)?(\S+)\s+Built\s*$", up.stdout + up.stderr, re.M)
+        webs = {tag for image in docker_client.images.list(filters={"label": [
+            project["label"], "com.docker.compose.service=web"]}) for tag in image.tags}
+        assert len(built) == 1 and built[0] in {"web"} | webs, up.stdout + up.stderr
     assert dangling() - before == set()
     labelled = docker_client.images.list(all=True, filters=project)
     assert {image.labels["com.docker.compose.service"] for image in labelled} == {"web"}

@@ -1,6 +1,7 @@
 """ci.yml's image and publish jobs, read so that `make release-local` runs what they run rather than a copy of it.
 
   workflow.py run STEP                 the `run:` script of the step named STEP
+  workflow.py env NAME                 the workflow's env value NAME
   workflow.py build-args VARIANT K=V   docker buildx build's arguments for the build step's inputs, for VARIANT's
                                        matrix row; K=V give the values GitHub would (github.sha=..., env.ARCHIVE=...)
 
@@ -77,6 +78,8 @@ def build_args(variant, given):
 def main():
     if sys.argv[1:2] == ["run"] and len(sys.argv) == 3:
         print(step(sys.argv[2])[1]["run"], end="")
+    elif sys.argv[1:2] == ["env"] and len(sys.argv) == 3:
+        print(workflow()["env"][sys.argv[2]])
     elif sys.argv[1:2] == ["build-args"] and len(sys.argv) >= 3:
         given = dict(argument.split("=", 1) for argument in sys.argv[3:])
         print("\n".join(build_args(sys.argv[2], given)))
